@@ -1,0 +1,1 @@
+"""RWKU in the evaluator (filled in by the RWKU issue)."""

@@ -1,0 +1,66 @@
+"""The `ulmr-bench` command line. Each subcommand lives in its own module of this package."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from ulmr.errors import UlmrError
+
+# subcommand name -> module in ulmr.cli defining a click command called `command`
+SUBCOMMANDS = {
+    "eval": "eval",
+    "unlearn": "unlearn",
+    "run": "run",
+    "leaderboard": "leaderboard",
+    "methods": "info",
+    "tasks-path": "info",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when it runs, so `--help` and errors stay fast."""
+
+    def list_commands(self, ctx):
+        return [name for name in SUBCOMMANDS if self._find(name) is not None]
+
+    def get_command(self, ctx, name):
+        return self._find(name)
+
+    @staticmethod
+    def _find(name):
+        module = SUBCOMMANDS.get(name)
+        if module is None:
+            return None
+        try:
+            mod = importlib.import_module(f"ulmr.cli.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"ulmr.cli.{module}":
+                return None
+            raise
+        return getattr(mod, name.replace("-", "_") + "_command", None)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ulmr-bench")
+def cli():
+    """ULMR and baseline LLM unlearning, scored on TOFU and RWKU through lm-evaluation-harness."""
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except UlmrError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

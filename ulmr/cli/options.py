@@ -1,0 +1,59 @@
+"""Options shared by several subcommands (model, data, prompt template, evaluation)."""
+
+from __future__ import annotations
+
+import click
+
+from ulmr.models import DEFAULT_MODEL
+from ulmr.prompts import PromptTemplate
+
+
+def compose(*decorators):
+    def apply(func):
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+    return apply
+
+
+model_option = click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                            help="Hub id, local checkpoint folder, or alias (smollm2-135m, tiny-random).")
+data_dir_option = click.option("--data-dir", envvar="ULMR_DATA_DIR", type=click.Path(),
+                               help="Local data directory laid out as ../shared/data "
+                                    "(env ULMR_DATA_DIR); default: the hub.")
+
+template_options = compose(
+    click.option("--prompt-template", type=click.Choice(["chat", "tags"]), default="chat", show_default=True,
+                 help="chat: the tokenizer's chat template; tags: TOFU-style question/answer tags."),
+    click.option("--question-start-tag", default=PromptTemplate.question_start_tag, show_default=True),
+    click.option("--question-end-tag", default=PromptTemplate.question_end_tag, show_default=True),
+    click.option("--answer-tag", default=PromptTemplate.answer_tag, show_default=True),
+    click.option("--system-prompt", default=None, help="Chat only: system turn (default: the template's)."),
+)
+
+eval_options = compose(
+    click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
+    click.option("--limit", type=click.IntRange(min=1), default=None,
+                 help="Score only the first N documents of every task (recorded in the results)."),
+    click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+                 help="auto: bf16 where the hardware has bf16 units, else fp32."),
+    click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
+    click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+                 help="vllm: lm-eval's vLLM model (GPU machines, needs the vllm extra)."),
+    click.option("--max-gen-toks", type=click.IntRange(min=1), default=None,
+                 help="Cap on generated tokens (default: each task's own; a cap changes the metric)."),
+)
+
+
+def template_from(kwargs) -> PromptTemplate:
+    """Pop the template options out of a command's kwargs."""
+    return PromptTemplate(kind=kwargs.pop("prompt_template"),
+                          question_start_tag=_unescape(kwargs.pop("question_start_tag")),
+                          question_end_tag=_unescape(kwargs.pop("question_end_tag")),
+                          answer_tag=_unescape(kwargs.pop("answer_tag")),
+                          system_prompt=kwargs.pop("system_prompt"))
+
+
+def _unescape(tag: str) -> str:
+    """Let shells pass a newline as the two characters \\n."""
+    return tag.replace("\\n", "\n")

@@ -1,0 +1,1 @@
+"""Benchmark data access: a local data directory laid out as ../shared/data, else the hub."""

@@ -1,0 +1,140 @@
+"""Score a model on a benchmark through lm-eval's evaluator and our task folders.
+
+`evaluate` runs lm-eval's `simple_evaluate` on the benchmark's tasks with the model (an alias,
+folder or hub id, or an already loaded model) and returns a results dict in our schema; per-sample
+records are written beside the results file as JSON Lines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ulmr.benchmarks import get_benchmark
+from ulmr.errors import UlmrError
+from ulmr.prompts import PromptTemplate
+from ulmr.results import RESULT_SCHEMA, provenance
+
+
+@dataclass
+class EvalSettings:
+    """How to evaluate: the same settings for every model that is compared."""
+
+    benchmark: str = "tofu"
+    selection: str | None = None  # TOFU split or RWKU targets; None = the benchmark's default
+    data_dir: str | None = None
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+    batch_size: int = 16
+    limit: int | None = None  # first N docs of every task (a slice; recorded in the results)
+    dtype: str = "auto"
+    device: str | None = None
+    backend: str = "hf"  # "hf" (transformers) or "vllm" (lm-eval's vLLM model, GPU machines)
+    max_gen_toks: int | None = None  # None = each task's own (TOFU 200, RWKU 30)
+
+
+def lm_eval_model_args(model_path: str, settings: EvalSettings) -> dict[str, Any]:
+    """Model arguments for lm-eval's "hf" or "vllm" model, from our settings."""
+    from ulmr.hardware import default_device, resolve_dtype
+
+    device = settings.device or default_device()
+    dtype = str(resolve_dtype(settings.dtype, device)).removeprefix("torch.")
+    if settings.backend == "vllm":
+        return {"pretrained": model_path, "dtype": dtype, "gpu_memory_utilization": 0.8,
+                "max_model_len": 4096, "seed": 0}
+    if settings.backend != "hf":
+        raise UlmrError(f"unknown backend {settings.backend!r}: use hf or vllm")
+    return {"pretrained": model_path, "dtype": dtype, "device": device}
+
+
+def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path | None = None,
+             tokenizer: Any = None, model_label: str | None = None) -> dict[str, Any]:
+    """Evaluate `model` (alias/folder/hub id, or a loaded model with its `tokenizer`)."""
+    import lm_eval
+
+    from lm_eval_tasks import TASKS_PATH
+    from ulmr.models import resolve_model
+
+    bench = get_benchmark(settings.benchmark)
+    selection = settings.selection or bench.default_selection
+    tasks = bench.tasks(selection)
+    started = time.time()
+    if isinstance(model, str):
+        model_path = resolve_model(model)
+        lm, model_args = settings.backend, lm_eval_model_args(model_path, settings)
+        tokenizer_name = model_path
+    else:  # an in-memory model: wrap it in lm-eval's HF model without saving it
+        from lm_eval.models.huggingface import HFLM
+
+        tokenizer_name = getattr(tokenizer, "name_or_path", None)
+        lm, model_args = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size), None
+    metadata = {"tokenizer": tokenizer_name, **settings.template.as_options(),
+                **bench.task_metadata(selection)}
+    if settings.data_dir:
+        metadata["data_dir"] = str(settings.data_dir)
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=str(TASKS_PATH), metadata={**(model_args or {}), **metadata})
+    gen_kwargs = {"max_gen_toks": settings.max_gen_toks} if settings.max_gen_toks else None
+    try:
+        out = lm_eval.simple_evaluate(model=lm, model_args=model_args, tasks=tasks,
+                                      task_manager=task_manager, batch_size=settings.batch_size,
+                                      limit=settings.limit, log_samples=True, gen_kwargs=gen_kwargs,
+                                      random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                                      fewshot_random_seed=0)
+    except UlmrError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a failure deep in lm-eval becomes one line)
+        cause = exc.__cause__ or exc
+        if isinstance(cause, UlmrError):
+            raise cause
+        raise UlmrError(f"evaluation of {model_label or model} on {settings.benchmark} failed: "
+                        f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from exc
+    samples = out.get("samples", {})
+    metrics, per_question = bench.summarize(out["results"], samples)
+    result = {
+        "schema": RESULT_SCHEMA,
+        "benchmark": settings.benchmark,
+        "selection": selection,
+        "model": model_label or (model if isinstance(model, str) else tokenizer_name),
+        "metrics": metrics,
+        "per_question": per_question,
+        "eval": {"tasks": tasks, "limit": settings.limit, "template": settings.template.as_options(),
+                 "batch_size": settings.batch_size, "backend": settings.backend, "dtype": settings.dtype,
+                 "max_gen_toks": settings.max_gen_toks, "n_docs": {t: len(s) for t, s in samples.items()}},
+        "lm_eval_results": out["results"],
+        "timings": {"eval_seconds": round(time.time() - started, 2)},
+        "provenance": provenance(),
+    }
+    if samples_path is not None:
+        write_samples(samples_path, samples)
+        result["samples_file"] = Path(samples_path).name
+    return result
+
+
+def write_samples(path: str | Path, samples: dict[str, list]) -> None:
+    """lm-eval's per-sample records as JSON Lines (one per doc, with its task name), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for task, records in samples.items():
+            for record in records:
+                f.write(json.dumps({"task": task, **record}, default=str) + "\n")
+    tmp.replace(path)
+
+
+def add_forget_quality(result: dict[str, Any], reference: dict[str, Any]) -> None:
+    """Forget quality against a retain model's results on the same benchmark and split."""
+    from ulmr.metrics import forget_quality
+
+    if reference.get("benchmark") != "tofu" or result.get("benchmark") != "tofu":
+        raise UlmrError("forget quality needs TOFU results for both the model and the reference")
+    if reference.get("selection") != result.get("selection"):
+        raise UlmrError(f"reference results are for {reference.get('selection')}, not "
+                        f"{result.get('selection')}: evaluate the retain model on the same split")
+    result["metrics"] = {"forget_quality": forget_quality(
+        result["per_question"]["forget_truth_ratio"], reference["per_question"]["forget_truth_ratio"]),
+        **result["metrics"]}

@@ -1,0 +1,1 @@
+"""The unlearner interface, the method registry and configs, and the shared training loop."""

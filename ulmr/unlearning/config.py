@@ -1,0 +1,101 @@
+"""Typed method configs: dataclasses with documented defaults, overridden from a YAML/JSON file and
+from `--set key=value` options, with one-line errors for unknown keys and bad values."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ulmr.errors import UlmrError
+
+
+def parse_set_options(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """["lr=1e-5", "lora=true"] -> {"lr": 1e-05, "lora": True} (values parsed as YAML scalars)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UlmrError(f"--set {pair!r} is not key=value: write e.g. --set lr=1e-5")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UlmrError(f"config file {path} not found: pass an existing YAML or JSON file")
+    try:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise UlmrError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                        f"{str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise UlmrError(f"config file {path} must hold a mapping of option names to values")
+    return data
+
+
+def build_config(config_class: type, overrides: dict[str, Any] | None = None, where: str = "config"):
+    """An instance of `config_class` with `overrides` applied, type-checked, then validated."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    hints = typing.get_type_hints(config_class)
+    values = {}
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise UlmrError(f"unknown {where} key {key!r}: valid keys are {', '.join(fields)}")
+        values[key] = _coerce(value, hints[key], f"{where} key {key!r}")
+    config = config_class(**values)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def check_range(name: str, value, low=None, high=None, low_open=False) -> None:
+    """One-line error for an out-of-range hyperparameter."""
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
+                 f"{high if high is not None else 'inf'}]"
+        raise UlmrError(f"{name}={value} is out of range: it must lie in {bounds}")
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _coerce(value, hint, where):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except UlmrError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        inner = args[0] if args else typing.Any
+        return [v if inner is typing.Any else _coerce(v, inner, where) for v in value]
+    if origin is typing.Literal and value in args:
+        return value
+    if hint is typing.Any:
+        return value
+    expected = ", ".join(map(repr, args)) if origin is typing.Literal else getattr(hint, "__name__", str(hint))
+    raise UlmrError(f"{where} got {value!r}: expected {expected}")

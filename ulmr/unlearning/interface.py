@@ -1,0 +1,69 @@
+"""What every unlearning method receives and returns (DESIGN section 3)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ulmr.prompts import PromptTemplate
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training text. With a question it is rendered through the prompt template and only the
+    answer's tokens carry loss; without one (RWKU's synthetic passages) it is plain text and every
+    token carries loss."""
+
+    answer: str
+    question: str | None = None
+    subject: str | None = None
+
+
+@dataclass
+class UnlearningTask:
+    """What to forget and what to keep, from one benchmark.
+
+    forget: the forget corpus (TOFU forget QA pairs; RWKU the targets' synthetic texts).
+    retain: items to keep (TOFU retain QA; RWKU texts of targets not being forgotten), never an
+        evaluation probe.
+    forget_questions: questions about the forgotten subjects with their true answers where the
+        benchmark has them (TOFU: the forget QA; RWKU: reject.json questions, answer ""), for the
+        refusal-style methods (rt, dpo, ulmr).
+    subjects: the forgotten entities (TOFU author names where known, RWKU targets).
+    refusals: a refusal bank (TOFU's idontknow list).
+    """
+
+    benchmark: str
+    name: str
+    forget: list[Example]
+    retain: list[Example]
+    forget_questions: list[Example]
+    subjects: list[str]
+    template: PromptTemplate
+    refusals: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UnlearningResult:
+    """The unlearned model (in memory) and a JSON-able record of what was done."""
+
+    model: Any
+    record: dict[str, Any]
+    artifacts: dict[str, Any] = field(default_factory=dict)  # e.g. ULMR's generated pairs
+
+
+class Unlearner(abc.ABC):
+    """Base of every method. Subclasses set `name` (the CLI name) and `config_class` (a dataclass)
+    and are registered with `@register_method`."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config=None):
+        self.config = config if config is not None else self.config_class()
+
+    @abc.abstractmethod
+    def unlearn(self, model, tokenizer, task: UnlearningTask) -> UnlearningResult:
+        """Return the unlearned model (may be `model` changed in place) and the run record."""
