@@ -1,0 +1,1 @@
+"""ULMR: rewritten instructions, negative responses, fine-tuning, parameter averaging (DESIGN 4)."""
