@@ -57,9 +57,12 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
     from lm_eval_tasks import TASKS_PATH
     from ulmr.models import resolve_model
 
+    from ulmr.data.common import data_dir
+
     bench = get_benchmark(settings.benchmark)
     selection = settings.selection or bench.default_selection
     tasks = bench.tasks(selection)
+    data_dir(settings.data_dir)  # a bad data directory fails before any model is loaded
     started = time.time()
     if isinstance(model, str):
         model_path = resolve_model(model)
