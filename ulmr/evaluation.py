@@ -31,7 +31,9 @@ class EvalSettings:
     limit: int | None = None  # first N docs of every task (a slice; recorded in the results)
     dtype: str = "auto"
     device: str | None = None
-    backend: str = "hf"  # "hf" (transformers) or "vllm" (lm-eval's vLLM model, GPU machines)
+    # "fast": our prefix-sharing transformers model (ulmr/fast_lm.py, same numbers as "hf");
+    # "hf": lm-eval's own transformers model; "vllm": lm-eval's vLLM model (GPU machines)
+    backend: str = "fast"
     max_gen_toks: int | None = None  # None = each task's own (TOFU 200, RWKU 30)
 
 
@@ -44,9 +46,14 @@ def lm_eval_model_args(model_path: str, settings: EvalSettings) -> dict[str, Any
     if settings.backend == "vllm":
         return {"pretrained": model_path, "dtype": dtype, "gpu_memory_utilization": 0.8,
                 "max_model_len": 4096, "seed": 0}
+    if settings.backend == "fast":
+        return {"pretrained": model_path, "dtype": settings.dtype, "device": device}
     if settings.backend != "hf":
-        raise UlmrError(f"unknown backend {settings.backend!r}: use hf or vllm")
+        raise UlmrError(f"unknown backend {settings.backend!r}: use fast, hf or vllm")
     return {"pretrained": model_path, "dtype": dtype, "device": device}
+
+
+LM_EVAL_MODEL_NAMES = {"fast": "ulmr-fast", "hf": "hf", "vllm": "vllm"}
 
 
 def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path | None = None,
@@ -64,15 +71,22 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
     tasks = bench.tasks(selection)
     data_dir(settings.data_dir)  # a bad data directory fails before any model is loaded
     started = time.time()
+    import ulmr.fast_lm  # noqa: F401  (registers the "ulmr-fast" lm-eval model)
+
     if isinstance(model, str):
         model_path = resolve_model(model)
-        lm, model_args = settings.backend, lm_eval_model_args(model_path, settings)
+        lm, model_args = LM_EVAL_MODEL_NAMES[settings.backend], lm_eval_model_args(model_path, settings)
         tokenizer_name = model_path
-    else:  # an in-memory model: wrap it in lm-eval's HF model without saving it
-        from lm_eval.models.huggingface import HFLM
+    else:  # an in-memory model, evaluated without saving it
+        from ulmr.fast_lm import FastLM
 
+        if settings.backend != "fast":
+            raise UlmrError(f"an in-memory model is evaluated with the fast backend; save it first "
+                            f"to use {settings.backend}")
         tokenizer_name = getattr(tokenizer, "name_or_path", None)
-        lm, model_args = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size), None
+        lm = FastLM(pretrained=model, tokenizer=tokenizer, dtype=settings.dtype, device=settings.device,
+                    batch_size=settings.batch_size)
+        model_args = None
     metadata = {"tokenizer": tokenizer_name, **settings.template.as_options(),
                 **bench.task_metadata(selection)}
     if settings.data_dir:

@@ -38,8 +38,9 @@ eval_options = compose(
     click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
                  help="auto: bf16 where the hardware has bf16 units, else fp32."),
     click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
-    click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
-                 help="vllm: lm-eval's vLLM model (GPU machines, needs the vllm extra)."),
+    click.option("--backend", type=click.Choice(["fast", "hf", "vllm"]), default="fast", show_default=True,
+                 help="fast: our prefix-sharing transformers model (lm-eval's hf numbers, less compute); "
+                      "hf: lm-eval's own; vllm: lm-eval's vLLM model (GPU machines, the vllm extra)."),
     click.option("--max-gen-toks", type=click.IntRange(min=1), default=None,
                  help="Cap on generated tokens (default: each task's own; a cap changes the metric)."),
 )
