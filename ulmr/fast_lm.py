@@ -49,6 +49,8 @@ class FastLM(TemplateLM):
         self.lm_head = self.model.get_output_embeddings()
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self.stop_ids = _stop_token_ids(self.model, self.tokenizer)
+        # work done, for benchmark reports: tokens through the model, scored, generated
+        self.counters = {"forward_tokens": 0, "scored_tokens": 0, "generated_tokens": 0}
 
     # ---- what TemplateLM needs -------------------------------------------------------------
 
@@ -111,6 +113,8 @@ class FastLM(TemplateLM):
                 row_predict.append([len(context) - 1] + list(range(start, start + len(body))))
                 row_targets.append(cont)
             rows.append((ids, positions, segments))
+            self.counters["forward_tokens"] += len(ids)
+            self.counters["scored_tokens"] += sum(len(c) for c in row_targets)
             predict_at.append(row_predict)
             targets.append(row_targets)
         width = max(len(r[0]) for r in rows)
@@ -199,6 +203,7 @@ class FastLM(TemplateLM):
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         generated: list[list[int]] = [[] for _ in prompts]
+        self.counters["forward_tokens"] += sum(len(p) for p in prompts)
         alive = list(range(len(prompts)))  # original row of each row still in the batch
         cache = None
         step_ids, step_positions = input_ids, positions
@@ -228,6 +233,9 @@ class FastLM(TemplateLM):
                 attention = torch.cat([attention, attention.new_ones((len(alive), 1))], dim=1)
                 step_ids = next_ids[:, None]
                 step_positions = step_positions[:, -1:] + 1
+        n_generated = sum(len(tokens) for tokens in generated)
+        self.counters["generated_tokens"] += n_generated
+        self.counters["forward_tokens"] += n_generated
         texts = []
         for tokens in generated:
             text = self.tok_decode(tokens)

@@ -1,0 +1,93 @@
+"""Evaluation throughput of the embedded model on the TOFU forget01 suite, subset by subset.
+
+    python benchmarks/bench_eval.py --data-dir ../shared/data [--limit N] [--backend fast|hf]
+
+Prints, per task: docs, tokens through the model, answer tokens scored, tokens generated, seconds,
+tokens/s, and the FLOP floor (2 x parameters x tokens over this machine's measured matmul rate in
+the compute dtype), then totals and the process's peak memory. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
+    """Measured dense matmul rate: the floor's denominator."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--split", default="forget01")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--backend", choices=["fast", "hf"], default="fast")
+    args = parser.parse_args()
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from lm_eval_tasks import TASKS_PATH
+    from ulmr.fast_lm import FastLM
+    from ulmr.hardware import peak_rss_bytes, resolve_dtype
+    from ulmr.models import resolve_model
+
+    path = resolve_model(args.model)
+    dtype = resolve_dtype(args.dtype)
+    rate = matmul_gflops(dtype)
+    if args.backend == "fast":
+        lm = FastLM(pretrained=path, dtype=args.dtype, batch_size=args.batch_size)
+    else:
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(pretrained=path, dtype=str(dtype).removeprefix("torch."), device="cpu",
+                  batch_size=args.batch_size)
+    n_params = sum(p.numel() for p in lm.model.parameters())
+    metadata = {"tokenizer": path, "prompt_template": "chat"}
+    if args.data_dir:
+        metadata["data_dir"] = args.data_dir
+    manager = TaskManager(include_path=str(TASKS_PATH), metadata=metadata)
+    tasks = [f"tofu_{args.split}_forget_prob", f"tofu_{args.split}_forget_rouge"] + [
+        f"tofu_{s}_{m}" for s in ("retain", "real_authors", "world_facts") for m in ("prob", "rouge")]
+
+    print(f"model {args.model} ({n_params / 1e6:.1f}M params), {dtype}, backend {args.backend}, "
+          f"batch {args.batch_size}, matmul {rate:.0f} GFLOP/s, limit {args.limit}")
+    header = f"{'task':<28}{'docs':>6}{'fwd tok':>10}{'scored':>9}{'gen':>8}{'sec':>8}{'tok/s':>8}{'floor s':>9}"
+    print(header)
+    print("-" * len(header))
+    totals = dict(docs=0, fwd=0, scored=0, gen=0, sec=0.0)
+    for task in tasks:
+        before = dict(getattr(lm, "counters", {}))
+        start = time.perf_counter()
+        out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=args.limit,
+                                      batch_size=args.batch_size, verbosity="ERROR")
+        seconds = time.perf_counter() - start
+        after = getattr(lm, "counters", {})
+        fwd, scored, gen = (after.get(k, 0) - before.get(k, 0)
+                            for k in ("forward_tokens", "scored_tokens", "generated_tokens"))
+        docs = out["n-samples"][task]["effective"]
+        floor = 2 * n_params * fwd / (rate * 1e9)
+        print(f"{task:<28}{docs:>6}{fwd:>10}{scored:>9}{gen:>8}{seconds:>8.1f}{fwd / seconds:>8.0f}{floor:>9.1f}")
+        for key, value in zip(("docs", "fwd", "scored", "gen", "sec"), (docs, fwd, scored, gen, seconds)):
+            totals[key] += value
+    floor = 2 * n_params * totals["fwd"] / (rate * 1e9)
+    print("-" * len(header))
+    print(f"{'total':<28}{totals['docs']:>6}{totals['fwd']:>10}{totals['scored']:>9}{totals['gen']:>8}"
+          f"{totals['sec']:>8.1f}{totals['fwd'] / totals['sec']:>8.0f}{floor:>9.1f}")
+    print(f"peak memory {peak_rss_bytes() / 2**30:.2f} GiB; FLOP floor reached {floor / totals['sec']:.0%}")
+
+
+if __name__ == "__main__":
+    main()
