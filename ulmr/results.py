@@ -1,4 +1,26 @@
-"""Results files: atomic JSON writes and the provenance every stored result carries."""
+"""Results files: atomic JSON writes and the provenance every stored result carries.
+
+One JSON file per (model, benchmark, selection, method, seed), schema "ulmr-bench/result/v1":
+
+    schema        "ulmr-bench/result/v1"
+    benchmark     "tofu" | "rwku"
+    selection     TOFU split ("forget01") or RWKU targets ("1", "1-3")
+    model         the base model spec (alias, folder or hub id)
+    method        "before" (the prepared target model), "retain" (TOFU's retain model, the forget
+                  quality reference) or an unlearning method's name ("ulmr", "ga", ...)
+    seed          int
+    status        "ok" | "failed"
+    error         one-line error message when status is "failed"
+    metrics       flat {metric: value} in the benchmark's column order (ulmr.benchmarks)
+    per_question  {"forget_truth_ratio": [R per forget question]} (TOFU; forget quality needs it)
+    eval          evaluation settings (tasks, limit, template, backend, dtype, docs per task)
+    unlearning    the method's record (config, steps, losses, time) for unlearning methods
+    preparation   how the evaluated model was prepared (recipe, cache key, injected: bool for RWKU)
+    samples_file  per-sample lm-eval records beside this file (JSON Lines)
+    timings       seconds per stage
+    provenance    versions, git revision, machine, creation time
+    key           the content hash the orchestrator uses to skip work already stored
+"""
 
 from __future__ import annotations
 
