@@ -35,6 +35,7 @@ class EvalSettings:
     # "hf": lm-eval's own transformers model; "vllm": lm-eval's vLLM model (GPU machines)
     backend: str = "fast"
     max_gen_toks: int | None = None  # None = each task's own (TOFU 200, RWKU 30)
+    tasks: list[str] | None = None  # a subset of the benchmark's tasks (e.g. a forget-only probe)
 
 
 def lm_eval_model_args(model_path: str, settings: EvalSettings) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
 
     bench = get_benchmark(settings.benchmark)
     selection = settings.selection or bench.default_selection
-    tasks = bench.tasks(selection)
+    tasks = settings.tasks or bench.tasks(selection)
     data_dir(settings.data_dir)  # a bad data directory fails before any model is loaded
     started = time.time()
     import ulmr.fast_lm  # noqa: F401  (registers the "ulmr-fast" lm-eval model)
@@ -93,9 +94,15 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
         metadata["data_dir"] = str(settings.data_dir)
     from lm_eval.tasks import TaskManager
 
-    task_manager = TaskManager(include_path=str(TASKS_PATH), metadata={**(model_args or {}), **metadata})
+    # only our task folder: indexing lm-eval's thousands of built-in task files costs ~20 s a run
+    task_manager = TaskManager(include_path=str(TASKS_PATH), include_defaults=False,
+                               metadata={**(model_args or {}), **metadata})
     gen_kwargs = {"max_gen_toks": settings.max_gen_toks} if settings.max_gen_toks else None
     try:
+        if isinstance(lm, str):  # built here, not inside lm-eval, so that benchmarks can score with it after
+            from lm_eval.api.registry import get_model
+
+            lm = get_model(lm).create_from_arg_obj(model_args, {"batch_size": settings.batch_size})
         out = lm_eval.simple_evaluate(model=lm, model_args=model_args, tasks=tasks,
                                       task_manager=task_manager, batch_size=settings.batch_size,
                                       limit=settings.limit, log_samples=True, gen_kwargs=gen_kwargs,
@@ -111,6 +118,7 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
                         f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from exc
     samples = out.get("samples", {})
     metrics, per_question = bench.summarize(out["results"], samples)
+    metrics.update(bench.model_metrics(lm, samples))
     result = {
         "schema": RESULT_SCHEMA,
         "benchmark": settings.benchmark,
@@ -120,7 +128,8 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
         "per_question": per_question,
         "eval": {"tasks": tasks, "limit": settings.limit, "template": settings.template.as_options(),
                  "batch_size": settings.batch_size, "backend": settings.backend, "dtype": settings.dtype,
-                 "max_gen_toks": settings.max_gen_toks, "n_docs": {t: len(s) for t, s in samples.items()}},
+                 "max_gen_toks": settings.max_gen_toks, "n_docs": {t: len(s) for t, s in samples.items()},
+                 **bench.scored_selection(samples)},
         "lm_eval_results": out["results"],
         "timings": {"eval_seconds": round(time.time() - started, 2)},
         "provenance": provenance(),

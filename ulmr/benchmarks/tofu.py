@@ -26,14 +26,16 @@ def _task_name(subset: str, metric: str, split: str) -> str:
 def summarize(results: dict[str, Any], samples: dict[str, list]) -> tuple[dict[str, float], dict[str, list]]:
     from lm_eval_tasks.tofu.utils import question_stats
 
-    split = next(t for t in results if t.startswith("tofu_forget") and t.endswith("_forget_prob"))
-    split = split[len("tofu_"):-len("_forget_prob")]
+    split = next(t.split("_")[1] for t in results if t.startswith("tofu_forget") and "_forget_" in t)
     metrics = {}
     for subset, _ in SUBSETS:
         for metric, _ in METRICS:
-            metrics[f"{subset}_{metric}"] = results[_task_name(subset, metric, split)][f"{metric},none"]
-    metrics["model_utility"] = model_utility(
-        [metrics[f"{s}_{m}"] for s, _ in SUBSETS[1:] for m, _ in METRICS])
+            task = results.get(_task_name(subset, metric, split))
+            if task is not None:  # a run of a subset of the tasks reports what it has
+                metrics[f"{subset}_{metric}"] = task[f"{metric},none"]
+    utility_inputs = [f"{s}_{m}" for s, _ in SUBSETS[1:] for m, _ in METRICS]
+    if all(k in metrics for k in utility_inputs):
+        metrics["model_utility"] = model_utility([metrics[k] for k in utility_inputs])
     forget_samples = sorted(samples.get(f"tofu_{split}_forget_prob", []), key=lambda s: s["doc_id"])
     ratios = [question_stats(s["doc"], [float(r[0][0]) for r in s["resps"]])["truth_ratio_r"]
               for s in forget_samples]

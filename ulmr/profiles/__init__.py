@@ -1,0 +1,120 @@
+"""Run profiles (DESIGN section 7): model, benchmarks, methods, seeds, splits, budgets in one YAML.
+
+`smoke` (tests, seconds), `quick` (default; a laptop CPU, the embedded model) and `full` (GPUs, the
+paper protocol) ship as YAML files beside this module; `--profile` also takes a path to your own.
+Dotted `--set` keys override single fields: `--set tofu.eval.limit=20 --set seeds=[0,1,2]`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ulmr.errors import UlmrError
+
+PROFILE_DIR = Path(__file__).resolve().parent
+PROFILES = tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+
+
+@dataclass
+class TofuPlan:
+    """TOFU: which split to forget, what the target/retain models are fine-tuned on, how to score.
+
+    train_set: "full" (TOFU's protocol: target on full.json, retain model on the retain split) or
+        "forget_plus_retain_eval" (the forget authors plus the authors retain_perturbed covers:
+        the smallest set on which every TOFU metric is meaningful).
+    max_train_items: cap on the forget rows and on the retain rows of the training set (smoke runs).
+    prepare: TrainingConfig overrides of the fine-tuning that makes the target and retain models.
+    eval: EvalSettings overrides (limit, batch_size, max_gen_toks, dtype, ...).
+    gate_min_rouge_gain: the target model's forget ROUGE-L recall must beat the base model's by at
+        least this much, or the run stops (None: no gate).
+    """
+
+    split: str = "forget01"
+    train_set: str = "forget_plus_retain_eval"
+    max_train_items: int | None = None
+    prepare: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    gate_min_rouge_gain: float | None = 0.1
+
+
+@dataclass
+class RwkuPlan:
+    """RWKU: which targets, whether to inject their knowledge first, how to score.
+
+    inject: "auto" (inject when the base model's forget All is below gate_min_forget_all), true, false.
+    max_train_items: cap on each kind of injection material (smoke runs).
+    prepare: TrainingConfig overrides of the injection fine-tuning.
+    gate_min_forget_all: the "before" model's forget All ROUGE-L recall must reach this, or the run
+        stops (None: no gate).
+    """
+
+    targets: str = "1"
+    inject: bool | str = "auto"
+    max_train_items: int | None = None
+    prepare: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    gate_min_forget_all: float | None = 0.2
+
+
+@dataclass
+class Profile:
+    name: str
+    model: str
+    benchmarks: list[str]
+    methods: list[str]
+    seeds: list[int]
+    template: dict[str, Any] = field(default_factory=lambda: {"prompt_template": "chat"})
+    tofu: TofuPlan = field(default_factory=TofuPlan)
+    rwku: RwkuPlan = field(default_factory=RwkuPlan)
+    # per-method config overrides; "all" applies to every method first
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def method_config_overrides(self, method: str) -> dict[str, Any]:
+        return {**self.method_overrides.get("all", {}), **self.method_overrides.get(method, {})}
+
+
+def load_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> Profile:
+    """A shipped profile by name, or a YAML file; dotted-key overrides applied before validation."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        if name_or_path not in PROFILES:
+            raise UlmrError(f"unknown profile {name_or_path!r}: choose from {', '.join(PROFILES)} "
+                            "or pass a YAML file")
+        path = PROFILE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise UlmrError(f"profile file {path} not found: pass a profile name ({', '.join(PROFILES)}) "
+                        "or an existing YAML file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return _build(raw, path.stem)
+
+
+def _set_dotted(raw: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise UlmrError(f"--set {dotted}: {key!r} is not a section of the profile")
+    node[keys[-1]] = copy.deepcopy(value)
+
+
+def _build(raw: dict[str, Any], name: str) -> Profile:
+    from ulmr.unlearning.config import build_config
+
+    raw = dict(raw)
+    tofu = build_config(TofuPlan, raw.pop("tofu", {}) or {}, where="profile tofu")
+    rwku = build_config(RwkuPlan, raw.pop("rwku", {}) or {}, where="profile rwku")
+    raw.setdefault("name", name)
+    profile = build_config(Profile, raw, where="profile")
+    profile.tofu, profile.rwku = tofu, rwku
+    for bench in profile.benchmarks:
+        if bench not in ("tofu", "rwku"):
+            raise UlmrError(f"unknown benchmark {bench!r} in profile {name}: choose from tofu, rwku")
+    return profile
