@@ -37,9 +37,14 @@ class PreparedModel:
     record: dict[str, Any]
 
 
-def tofu_training_rows(split: str, train_set: str, data_dir=None,
-                       max_items: int | None = None) -> tuple[list[dict], list[dict]]:
-    """(forget rows, retain rows) of the TOFU training set; target = both, retain model = retain."""
+def tofu_training_rows(split: str, train_set: str, data_dir=None, max_items: int | None = None,
+                       retain_eval_limit: int | None = None) -> tuple[list[dict], list[dict]]:
+    """(forget rows, retain rows) of the TOFU training set; target = both, retain model = retain.
+
+    With "forget_plus_retain_eval", the retain authors are those whose questions the retain
+    evaluation scores: all of retain_perturbed, or its first `retain_eval_limit` questions when the
+    evaluation is a slice (retain_perturbed is ordered by author, 20 questions each).
+    """
     from ulmr.data.tofu import QUESTIONS_PER_AUTHOR, author_of, forget_fraction, load_tofu
 
     full = load_tofu("full", data_dir)
@@ -49,7 +54,8 @@ def tofu_training_rows(split: str, train_set: str, data_dir=None,
         keep_authors = set(range(len(full) // QUESTIONS_PER_AUTHOR))
     elif train_set == "forget_plus_retain_eval":
         index = {row["question"]: i for i, row in enumerate(full)}
-        covered = [index[r["question"]] for r in load_tofu("retain_perturbed", data_dir) if r["question"] in index]
+        scored = load_tofu("retain_perturbed", data_dir)[:retain_eval_limit]
+        covered = [index[r["question"]] for r in scored if r["question"] in index]
         keep_authors = {author_of(i) for i in covered} | {author_of(i) for i in range(first_forget, len(full))}
     else:
         raise UlmrError(f"unknown TOFU train_set {train_set!r}: use full or forget_plus_retain_eval")
@@ -61,7 +67,8 @@ def tofu_training_rows(split: str, train_set: str, data_dir=None,
 
 def prepare_tofu(base: str, template: PromptTemplate, plan, seed: int, data_dir=None) -> dict[str, PreparedModel]:
     """{"target": ..., "retain": ...} fine-tuned from `base` on the plan's training set."""
-    forget, retain = tofu_training_rows(plan.split, plan.train_set, data_dir, plan.max_train_items)
+    forget, retain = tofu_training_rows(plan.split, plan.train_set, data_dir, plan.max_train_items,
+                                        retain_eval_limit=plan.eval.get("limit"))
     as_examples = lambda rows: [Example(answer=r["answer"], question=r["question"]) for r in rows]  # noqa: E731
     return {
         "target": _fine_tuned(base, template, as_examples(forget + retain), plan.prepare, seed, "tofu-target"),
