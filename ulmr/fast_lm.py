@@ -14,6 +14,7 @@ work saved is pure recomputation:
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections import defaultdict
 
@@ -49,6 +50,8 @@ class FastLM(TemplateLM):
         self.lm_head = self.model.get_output_embeddings()
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self.stop_ids = _stop_token_ids(self.model, self.tokenizer)
+        # transformers 5.24 renamed forward()'s past_key_values to cache; accept either release
+        self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         # work done, for benchmark reports: tokens through the model, scored, generated
         self.counters = {"forward_tokens": 0, "scored_tokens": 0, "generated_tokens": 0}
 
@@ -211,8 +214,8 @@ class FastLM(TemplateLM):
                             enabled=self.compute_dtype != torch.float32):
             for _ in range(max_new):
                 out = self.model(input_ids=step_ids, attention_mask=attention, position_ids=step_positions,
-                                 cache=cache, use_cache=True, logits_to_keep=1)
-                cache = out.cache
+                                 use_cache=True, logits_to_keep=1, **{self.cache_arg: cache})
+                cache = out[self.cache_arg]
                 next_ids = out.logits[:, -1].argmax(-1)
                 keep = []
                 for k, row in enumerate(alive):

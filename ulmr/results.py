@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +78,7 @@ def provenance() -> dict[str, Any]:
     import torch
 
     return {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "versions": versions,
         "git_revision": git_revision(),
         "python": platform.python_version(),

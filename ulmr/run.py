@@ -60,7 +60,10 @@ def run(profile: Profile, results_dir: str | Path, data_dir: str | None = None, 
     if leaderboard_dir is not None:
         from leaderboard import build_leaderboard
 
-        for path in build_leaderboard(results_dir, leaderboard_dir):
+        built = build_leaderboard(results_dir, leaderboard_dir)
+        for skipped in built.skipped:
+            echo(f"skipped {skipped}")
+        for path in built.files:
             echo(f"leaderboard: {path}")
     return summary
 
