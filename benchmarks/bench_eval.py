@@ -17,11 +17,20 @@ import torch
 
 def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
     """Measured dense matmul rate: the floor's denominator."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    from ulmr.hardware import default_device
+
+    device = default_device()
+    size = size * 8 if device == "cuda" else size
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
@@ -41,7 +50,7 @@ def main():
 
     from lm_eval_tasks import TASKS_PATH
     from ulmr.fast_lm import FastLM
-    from ulmr.hardware import peak_rss_bytes, resolve_dtype
+    from ulmr.hardware import default_device, peak_rss_bytes, resolve_dtype
     from ulmr.models import resolve_model
 
     path = resolve_model(args.model)
@@ -52,7 +61,7 @@ def main():
     else:
         from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(pretrained=path, dtype=str(dtype).removeprefix("torch."), device="cpu",
+        lm = HFLM(pretrained=path, dtype=str(dtype).removeprefix("torch."), device=default_device(),
                   batch_size=args.batch_size)
     n_params = sum(p.numel() for p in lm.model.parameters())
     metadata = {"tokenizer": path, "prompt_template": "chat"}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The prepared GPU check, run once on a lent GPU machine (no network there):
+#   .device/ (ignored by git, carried) holds the wheels the machine lacks, TOFU forget01's files and
+#   SmolLM2-135M's config and tokenizer. The weights cannot travel (over the 64 MiB carry limit), so
+#   the model is SmolLM2-135M's architecture with seeded random weights: the timings are real, the
+#   metrics are not. It times the fast backend (bf16) on the whole forget01 suite, lm-eval's own hf
+#   backend on a slice for comparison, `unlearn --method ga` in bf16, and reports whether vLLM is there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -m pip install -q --no-deps --no-index .device/wheels/*.whl
+python3 -c "import datasets" 2>/dev/null || python3 -m pip install -q --no-deps --no-index .device/fallback/*.whl
+export PYTHONPATH=$PWD ULMR_DATA_DIR=$PWD/.device/data ULMR_CACHE=/tmp/ulmr-cache
+python3 -c "import torch, transformers, lm_eval, datasets; print('torch', torch.__version__, 'transformers', transformers.__version__, 'lm_eval', lm_eval.__version__, 'datasets', datasets.__version__)"
+python3 - <<'PY'
+import shutil, torch
+from transformers import AutoConfig, AutoModelForCausalLM
+config = AutoConfig.from_pretrained(".device/tokenizer")
+torch.manual_seed(0)
+AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained("/tmp/smol-random")
+for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+    shutil.copy(f".device/tokenizer/{f}", "/tmp/smol-random/")
+print("built /tmp/smol-random")
+PY
+echo "== fast backend, bf16, whole forget01 suite"
+python3 benchmarks/bench_eval.py --model /tmp/smol-random --data-dir "$ULMR_DATA_DIR" --batch-size 64 --dtype bf16 2>&1 | grep -v "it/s\]\|Custom kwargs\|For example"
+echo "== lm-eval hf backend, bf16, first 40 docs per task"
+python3 benchmarks/bench_eval.py --model /tmp/smol-random --data-dir "$ULMR_DATA_DIR" --batch-size 64 --dtype bf16 --limit 40 --backend hf 2>&1 | grep -v "it/s\]\|Custom kwargs\|For example"
+echo "== fast backend, bf16, first 40 docs per task"
+python3 benchmarks/bench_eval.py --model /tmp/smol-random --data-dir "$ULMR_DATA_DIR" --batch-size 64 --dtype bf16 --limit 40 2>&1 | grep -v "it/s\]\|Custom kwargs\|For example"
+echo "== unlearn ga, bf16 autocast"
+/usr/bin/time -v python3 -m ulmr unlearn --method ga --model /tmp/smol-random --split forget01 --output /tmp/ga \
+    --set dtype=bf16 2>&1 | grep -v "it/s\]" | grep -E "steps in|checkpoint|Elapsed|Maximum resident|error"
+python3 -c "import json; r = json.load(open('/tmp/ga/unlearn.json')); print({k: r[k] for k in ('steps', 'time_s', 'tokens', 'tokens_per_s', 'peak_memory_bytes', 'compute_dtype', 'device')})"
+echo "== vLLM"
+python3 -c "import vllm; print('vllm', vllm.__version__)" 2>&1 | tail -1
