@@ -189,7 +189,7 @@ class _BenchmarkRun:
         start = time.time()
         try:
             config = build_config(method_class.config_class,
-                                  {**self.profile.method_config_overrides(method), "seed": seed},
+                                  {**self.profile.method_config_overrides(method, method_class.config_class), "seed": seed},
                                   where=f"{method} config")
             task = build_task(self.benchmark, self.selection, self.template, self.data_dir)
             key = self.key({"method": method, "config": config_to_dict(config),
@@ -287,6 +287,8 @@ def _preparation_summary(record: dict[str, Any]) -> dict[str, Any]:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
+    if isinstance(exc, UlmrError):  # already a message for the user
+        return text[0] if text else "error"
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 

@@ -71,11 +71,15 @@ class Profile:
     template: dict[str, Any] = field(default_factory=lambda: {"prompt_template": "chat"})
     tofu: TofuPlan = field(default_factory=TofuPlan)
     rwku: RwkuPlan = field(default_factory=RwkuPlan)
-    # per-method config overrides; "all" applies to every method first
+    # per-method config overrides; "all" applies first, to every method whose config has the key
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def method_config_overrides(self, method: str) -> dict[str, Any]:
-        return {**self.method_overrides.get("all", {}), **self.method_overrides.get(method, {})}
+    def method_config_overrides(self, method: str, config_class: type) -> dict[str, Any]:
+        import dataclasses
+
+        known = {f.name for f in dataclasses.fields(config_class)}
+        shared = {k: v for k, v in self.method_overrides.get("all", {}).items() if k in known}
+        return {**shared, **self.method_overrides.get(method, {})}
 
 
 def load_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> Profile:

@@ -1,0 +1,95 @@
+"""`ulmr-bench run` on the smoke profile: stored results, failures recorded, resume, clean errors."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from ulmr.cli import main
+from ulmr.profiles import load_profile
+from ulmr.run import run
+from ulmr.unlearning.interface import Unlearner
+from ulmr.unlearning.registry import register_method
+
+
+@dataclass
+class _NoConfig:
+    seed: int = 0
+
+
+@register_method
+class _Raises(Unlearner):
+    """Test method: always fails."""
+
+    name = "test-raises"
+    config_class = _NoConfig
+
+    def unlearn(self, model, tokenizer, task):
+        raise RuntimeError("engineered failure\nsecond line")
+
+
+@register_method
+class _Interrupts(Unlearner):
+    """Test method: the user presses Ctrl-C while it runs."""
+
+    name = "test-interrupts"
+    config_class = _NoConfig
+
+    def unlearn(self, model, tokenizer, task):
+        raise KeyboardInterrupt
+
+
+def _smoke(methods):
+    return load_profile("smoke", {"benchmarks": ["tofu"], "methods": methods})
+
+
+def test_smoke_run_records_failures_resumes_and_survives_interrupts(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("ULMR_CACHE", str(tmp_path / "cache"))
+    results = tmp_path / "results"
+    lines = []
+    summary = run(_smoke(["ga", "test-raises"]), results, data_dir=str(data_dir), echo=lines.append)
+    status = {(r["method"], r["status"]) for r in summary.rows}
+    assert status == {("before", "ok"), ("retain", "ok"), ("ga", "ok"), ("test-raises", "failed")}
+    folder = results / "tiny-random" / "tofu-forget01"
+    failed = json.loads((folder / "test-raises-seed0.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: engineered failure"
+    ga = json.loads((folder / "ga-seed0.json").read_text())
+    assert ga["status"] == "ok" and ga["unlearning"]["steps"] == 2
+    assert set(ga["metrics"]) >= {"forget_rougeL_recall", "model_utility"}
+    assert (folder / "ga-seed0.samples.jsonl").is_file()
+    stamp = (folder / "ga-seed0.json").stat().st_mtime_ns
+
+    # Ctrl-C in a later method: what is stored stays whole, nothing half-written appears
+    with pytest.raises(KeyboardInterrupt):
+        run(_smoke(["ga", "test-interrupts"]), results, data_dir=str(data_dir), echo=lines.append)
+    assert not (folder / "test-interrupts-seed0.json").exists()
+    assert not list(folder.glob(".*.tmp")) and not list(folder.glob("*.tmp"))
+
+    # a rerun skips everything stored and redoes nothing
+    summary = run(_smoke(["ga"]), results, data_dir=str(data_dir), echo=lines.append)
+    assert {r["status"] for r in summary.rows} == {"stored"}
+    assert (folder / "ga-seed0.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--profile", "smoke", "--methods", "no-such-method"], "unknown method 'no-such-method'"),
+    (["run", "--profile", "no-such-profile"], "unknown profile 'no-such-profile'"),
+    (["run", "--profile", "smoke", "--benchmarks", "mmlu"], "unknown benchmark 'mmlu'"),
+    (["run", "--profile", "smoke", "--seeds", "x"], "seed 'x' is not an integer"),
+    (["run", "--profile", "smoke", "--set", "tofu.no_such_field=1"], "unknown profile tofu key 'no_such_field'"),
+])
+def test_bad_run_arguments_are_one_line_errors(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--results-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and message in err
+
+
+def test_profiles_load_and_document_their_budgets():
+    for name in ("smoke", "quick", "full"):
+        profile = load_profile(name)
+        assert profile.methods and profile.seeds and profile.benchmarks
+    quick = load_profile("quick")
+    assert quick.model == "smollm2-135m" and quick.methods == ["ulmr", "ga", "npo"]
+    assert load_profile("quick", {"tofu.eval.limit": 5}).tofu.eval["limit"] == 5
