@@ -4,11 +4,12 @@
                                         [--steps 1] [--batch-size 2] [--random-init]
 
 For every method and compute dtype, in a fresh process (so that peak memory is that run's own):
-load the model, unlearn TOFU forget01 for one warm-up step, then time --steps optimizer steps of
---batch-size items (no accumulation). Prints tokens/s through the trained model, the FLOP floor
-(6 x parameters x tokens at this machine's measured matmul rate in that dtype), the share of that
-rate reached, and peak memory (GPU: allocated; CPU: resident, model load included). NPO and DPO also
-run the frozen reference forward (2 x parameters x forget tokens more), so they top out near 3/4.
+load the model, unlearn TOFU forget01 for one warm-up step (GPU only: kernel selection), then time
+--steps optimizer steps of --batch-size items (no accumulation). Prints tokens/s through the trained
+model, the FLOP floor (6 x parameters x tokens at this machine's measured matmul rate in that dtype),
+the share of that rate reached, and peak memory (GPU: allocated; CPU: resident, model load
+included). NPO and DPO also run the frozen reference forward (2 x parameters x forget tokens more),
+so they top out near 3/4 of the floor's rate.
 
 By default bf16 runs only where the hardware computes it natively (ulmr.hardware): on AVX2-only
 CPUs it is emulated, ~50x slower. --random-init builds the model from the checkpoint's config with
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
@@ -49,7 +51,7 @@ def run_one(model_spec: str, random_init: bool, data_dir: str | None, method: st
     task = tofu_task("forget01", PromptTemplate(), data_dir)
     method_class = get_method(method)
     settings = {"batch_size": batch_size, "grad_accum": 1, "dtype": dtype, "warmup_ratio": 0.0}
-    for max_steps in (1, steps):  # the first call warms up kernels and the allocator
+    for max_steps in ([1] if default_device() == "cuda" else []) + [steps]:
         config = build_config(method_class.config_class, {**settings, "max_steps": max_steps})
         result = method_class(config).unlearn(model, tokenizer, task)
     return result.record
@@ -70,25 +72,28 @@ def main():
     from ulmr.hardware import default_device, fast_dtype, matmul_flops
 
     device = default_device()
-    dtypes = args.dtypes.split(",") if args.dtypes else ["fp32"] + (["bf16"] if fast_dtype() == torch.bfloat16 else [])
+    native_bf16 = fast_dtype() == torch.bfloat16
+    dtypes = args.dtypes.split(",") if args.dtypes else ["fp32"] + (["bf16"] if native_bf16 else [])
     rates = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
     print(f"model {args.model}{' (random init)' if args.random_init else ''} on {device}; matmul "
           f"fp32 {rates['fp32'] / 1e12:.3g} TFLOP/s, bf16 {rates['bf16'] / 1e12:.3g} TFLOP/s; TOFU forget01, "
           f"batch {args.batch_size}, {args.steps} timed step(s)")
     if "bf16" not in dtypes:
         print("bf16 skipped: this hardware has no native bf16 (force it with --dtypes fp32,bf16)")
-    header = f"{'method':<10}{'dtype':<7}{'tokens':>8}{'sec':>9}{'tok/s':>10}{'floor s':>10}{'% floor':>9}{'peak MiB':>10}"
+    header = (f"{'method':<10}{'dtype':<7}{'tokens':>8}{'sec':>9}{'tok/s':>10}{'floor s':>10}{'% floor':>9}"
+              f"{'peak MiB':>10}")
     print(header)
     print("-" * len(header))
-    spawn = multiprocessing.get_context("spawn")  # a fresh process per run (and CUDA-safe)
+    spawn = multiprocessing.get_context("spawn")  # CUDA-safe
     for method in args.methods.split(","):
         for dtype in dtypes:
-            with spawn.Pool(1) as pool:
-                record = pool.apply(run_one, (args.model, args.random_init, args.data_dir, method, dtype,
-                                              args.steps, args.batch_size))
+            with ProcessPoolExecutor(1, mp_context=spawn) as fresh_process:
+                record = fresh_process.submit(run_one, args.model, args.random_init, args.data_dir, method, dtype,
+                                              args.steps, args.batch_size).result()
             floor = 6 * record["trainable_params"] * record["tokens"] / rates[dtype]
-            print(f"{method:<10}{dtype:<7}{record['tokens']:>8}{record['time_s']:>9.2f}{record['tokens_per_s']:>10.0f}"
-                  f"{floor:>10.3f}{100 * floor / record['time_s']:>8.1f}%{record['peak_memory_bytes'] / 2**20:>10.0f}")
+            print(f"{method:<10}{dtype:<7}{record['tokens']:>8}{record['time_s']:>9.2f}"
+                  f"{record['tokens_per_s']:>10.0f}{floor:>10.3f}{100 * floor / record['time_s']:>8.1f}%"
+                  f"{record['peak_memory_bytes'] / 2**20:>10.0f}")
 
 
 if __name__ == "__main__":

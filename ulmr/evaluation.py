@@ -8,6 +8,7 @@ records are written beside the results file as JSON Lines.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,8 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
         metadata["data_dir"] = str(settings.data_dir)
     from lm_eval.tasks import TaskManager
 
+    # lm-eval warns once per task about custom dataset kwargs; our progress bars say what runs
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     # only our task folder: indexing lm-eval's thousands of built-in task files costs ~20 s a run
     task_manager = TaskManager(include_path=str(TASKS_PATH), include_defaults=False,
                                metadata={**(model_args or {}), **metadata})

@@ -83,10 +83,9 @@ class FastLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         groups: dict[tuple, list[int]] = defaultdict(list)  # context tokens -> request indices
         for i, (_, context, continuation) in enumerate(requests):
-            if len(context) + len(continuation) > self.max_length + 1:
-                raise ValueError(f"request of {len(context) + len(continuation)} tokens exceeds the "
-                                 f"model's {self.max_length}")
-            groups[tuple(context)].append(i)
+            # as lm-eval's hf model: a request longer than the model's window loses context on the left
+            keep = self.max_length + 1 - len(continuation)
+            groups[tuple(context[-keep:] if len(context) > keep else context)].append(i)
         packed = [(list(ctx), [requests[i][2] for i in idx], idx) for ctx, idx in groups.items()]
         packed.sort(key=lambda g: -(len(g[0]) + sum(len(c) - 1 for c in g[1])))
         results: list = [None] * len(requests)

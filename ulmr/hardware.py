@@ -50,3 +50,23 @@ def peak_rss_bytes() -> int:
     """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+
+def matmul_flops(dtype: torch.dtype, device: str | None = None, seconds: float = 0.5) -> float:
+    """Measured dense matmul rate (FLOP/s) in `dtype` on `device`, for about `seconds`: the
+    denominator of a benchmark's FLOP floor. Square products of 4096 on a GPU, 512 on a CPU (where
+    emulated bf16 is ~50x slower than fp32 and a larger product takes seconds)."""
+    import time
+
+    device = device or default_device()
+    size = 4096 if device.startswith("cuda") else 512
+    a = torch.randn(size, size, device=device).to(dtype)
+    a @ a  # warm-up: kernel selection, allocator
+    count, start = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - start < seconds:
+        a @ a
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        count += 1
+    return 2 * size ** 3 * count / (time.perf_counter() - start)

@@ -20,6 +20,8 @@ import functools
 import math
 from typing import Any
 
+from lm_eval_tasks.common import task_tokenizer
+
 # One doc kind per TOFU subset family; it decides which answers are scored and how.
 KIND_FORGET, KIND_RETAIN, KIND_OPTIONS = "forget", "retain", "options"
 
@@ -104,7 +106,7 @@ def load_subset(subset: str, kind: str, **options):
     from ulmr.data.tofu import load_tofu
     from ulmr.prompts import PromptTemplate, answer_with_eos, render_prompt, split_pair
 
-    tokenizer = _tokenizer(_tokenizer_name(options))
+    tokenizer = task_tokenizer(options, "TOFU tasks count answer tokens and so")
     template = PromptTemplate.from_options(options)
     docs = []
     for row in load_tofu(subset, options.get("data_dir")):
@@ -126,17 +128,3 @@ def load_subset(subset: str, kind: str, **options):
                      "n_answer_tokens": [len(p.answer_ids) for p in pairs]})
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
-
-def _tokenizer_name(options: dict[str, Any]) -> str:
-    name = options.get("tokenizer") or options.get("pretrained")
-    if not name:
-        raise ValueError("TOFU tasks count answer tokens with the model's tokenizer: pass "
-                         "--model_args pretrained=<model> or --metadata '{\"tokenizer\": \"<name>\"}'")
-    return str(name)
-
-
-@functools.cache
-def _tokenizer(name: str):
-    from ulmr.models import load_tokenizer, resolve_model
-
-    return load_tokenizer(resolve_model(name))

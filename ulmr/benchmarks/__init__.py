@@ -23,6 +23,13 @@ class Benchmark:
     default_selection: str
     # extra task metadata for a selection (e.g. which RWKU targets)
     task_metadata: Callable[[str], dict[str, Any]] = lambda selection: {}
+    # column groups, for a table with one row per group: headers start with their group's name
+    column_groups: tuple[str, ...] = ()
+    # (lm-eval model, per-task samples) -> metrics lm-eval's requests cannot express, computed with
+    # the same model after lm-eval has run (RWKU's Min-K%, which needs per-token log-probs)
+    model_metrics: Callable[[Any, dict[str, list]], dict[str, Any]] = lambda lm, samples: {}
+    # per-task samples -> what the selection amounted to in the scored docs, kept in the results
+    scored_selection: Callable[[dict[str, list]], dict[str, Any]] = lambda samples: {}
 
 
 BENCHMARKS: dict[str, Benchmark] = {}

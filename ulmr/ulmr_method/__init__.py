@@ -1,1 +1,8 @@
-"""ULMR: rewritten instructions, negative responses, fine-tuning, parameter averaging (DESIGN 4)."""
+"""ULMR: rewritten instructions, negative responses, fine-tuning, parameter averaging (DESIGN 4).
+
+Start at method.py (the config and the pipeline); rewriting.py holds every rewrite template,
+negatives.py the refusals, leak.py the rule that keeps the forget answer out of both, averaging.py
+the parameter average and the choice of alpha.
+"""
+
+from ulmr.ulmr_method import method  # noqa: F401  (registers ulmr, ulmr-norewrite, ulmr-noavg)

@@ -84,6 +84,11 @@ def _coerce(value, hint, where):
         raise errors[0]
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML reads 1e-5 (no dot) as a string; it is a float to every user
+            return float(value)
+        except ValueError:
+            pass
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is bool and isinstance(value, bool):
@@ -93,6 +98,8 @@ def _coerce(value, hint, where):
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
         inner = args[0] if args else typing.Any
         return [v if inner is typing.Any else _coerce(v, inner, where) for v in value]
+    if origin is dict and isinstance(value, dict):
+        return dict(value)
     if origin is typing.Literal and value in args:
         return value
     if hint is typing.Any:

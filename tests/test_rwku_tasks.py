@@ -1,0 +1,213 @@
+"""The RWKU lm-eval tasks: prompts as RWKU builds them, MIA losses equal an independent computation
+from the tiny model's logits, and `ulmr-bench eval --benchmark rwku` end to end."""
+
+import contextlib
+import io
+import json
+import zlib
+
+import pytest
+import torch
+from rouge import Rouge
+
+from lm_eval_tasks import TASKS_PATH
+from lm_eval_tasks.rwku.utils import loss_auroc, min_k_loss, mmlu_prompt, probe_prompt
+from ulmr.benchmarks.rwku import TABLE, min_k_metrics
+from ulmr.cli import main
+
+FORGET_TEXTS = ["Ada Lovelace wrote the first program.", "She worked with Charles Babbage on the Engine."]
+RETAIN_TEXTS = ["Alan Turing broke codes.", "The Analytical Engine was never built.", "Paris is in France."]
+
+
+def _tag(message):
+    return f"<u>{message}</u>"
+
+
+@pytest.mark.parametrize("level, kind, expected", [
+    ("1", "cloze", "<u>Please complete the blank in the following question.\nQuestion: Q ___\n</u>Answer:"),
+    ("2", "simple question", "<u>Please briefly answer the following question.\nQuestion: Q ___\n</u>Answer:"),
+    ("3", "role play", "<u>Please briefly answer the following question.\nQuestion: Q ___\n</u>Answer:"),
+    ("3", "affirmative suffix", "<u>Please briefly answer the following question.\nQuestion: Q ___</u>"),
+    ("3", "incontext learning", "<u>Please briefly answer the following question.\nQ ___\n</u>Answer:"),
+])
+def test_probe_prompts_are_rwkus(level, kind, expected):
+    assert probe_prompt({"query": "Q ___", "level": level, "type": kind}, _tag) == expected
+
+
+def test_mmlu_prompt_is_rwkus():
+    row = {"task": "high_school_physics", "question": "Q?", "choices": ["w", "x", "y", "z"],
+           "examples": [{"question": "E?", "choices": ["a", "b", "c", "d"], "answer": 2}]}
+    assert mmlu_prompt(row, _tag) == (
+        "<u>The following are multiple choice questions (with answers) about high school physics.\n\n"
+        "Question: E?\nA. a\nB. b\nC. c\nD. d\nAnswer: C\n\n"
+        "Please following the previous examples and answer the given question.\n"
+        "Question: Q?\nA. w\nB. x\nC. y\nD. z</u>Answer:")
+
+
+def _mia_data_dir(root):
+    folder = root / "rwku" / "Target" / "1_Ada_Lovelace"
+    folder.mkdir(parents=True)
+    (root / "rwku" / "targets.tsv").write_text("idx\tdir\ttarget\tintro\n1\t1_Ada_Lovelace\tAda Lovelace\tx\n")
+    for name, texts in (("forget_mia", FORGET_TEXTS), ("retain_mia", RETAIN_TEXTS)):
+        (folder / f"{name}.json").write_text(json.dumps([{"text": t, "subject": "Ada Lovelace"} for t in texts]))
+    return root
+
+
+def _token_logprobs(model, tokenizer, text):
+    """Independently: every token of the text after the BOS (prefix) token; one forward pass."""
+    ids = [tokenizer.bos_token_id] + tokenizer.encode(text)
+    with torch.no_grad():
+        logprobs = model(torch.tensor([ids[:-1]])).logits[0].double().log_softmax(-1)
+    return [logprobs[i, token].item() for i, token in enumerate(ids[1:])]
+
+
+@pytest.fixture(scope="module")
+def mia_runs(tiny_path, tmp_path_factory):
+    """rwku_mia on small texts through lm-eval, with our fast model and with lm-eval's hf model."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from ulmr.fast_lm import FastLM
+    from ulmr.models import load_model
+
+    root = _mia_data_dir(tmp_path_factory.mktemp("rwku_mia"))
+    runs = {}
+    for name in ("fast", "hf"):
+        model, tokenizer = load_model(tiny_path, dtype="fp32", device="cpu")
+        lm = (FastLM(pretrained=model, tokenizer=tokenizer, dtype="fp32", device="cpu", batch_size=4)
+              if name == "fast" else HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4))
+        manager = TaskManager(include_path=str(TASKS_PATH), include_defaults=False,
+                              metadata={"tokenizer": tiny_path, "data_dir": str(root)})
+        out = lm_eval.simple_evaluate(model=lm, tasks=["rwku_mia"], task_manager=manager, log_samples=True)
+        runs[name] = (lm, out)
+    return runs
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+def test_mia_losses_equal_independent_computation(tiny, mia_runs, backend):
+    model, tokenizer = tiny
+    lm, out = mia_runs[backend]
+    metrics = out["results"]["rwku_mia"]
+    forget = [_token_logprobs(model, tokenizer, t) for t in FORGET_TEXTS]
+    retain = [_token_logprobs(model, tokenizer, t) for t in RETAIN_TEXTS]
+
+    def loss(lp):
+        return -sum(lp) / len(lp)
+
+    fm, rm = [loss(lp) for lp in forget], [loss(lp) for lp in retain]
+    assert metrics["fm_loss,none"] == pytest.approx(sum(fm) / 2, rel=1e-5)
+    assert metrics["rm_loss,none"] == pytest.approx(sum(rm) / 3, rel=1e-5)
+    assert metrics["auroc,none"] == pytest.approx(loss_auroc(fm, rm))
+    zlib_len = [len(zlib.compress(t.encode())) for t in FORGET_TEXTS]
+    assert metrics["fm_zlib,none"] == pytest.approx(sum(l / z for l, z in zip(fm, zlib_len)) / 2, rel=1e-5)
+    # Min-K% is ours, computed after lm-eval with the same model: the same independent log-probs
+    min_k = min_k_metrics(lm, out["samples"])
+    assert min_k["mia_fm_mink"] == pytest.approx(sum(map(min_k_loss, forget)) / 2, rel=1e-5)
+    assert min_k["mia_rm_mink"] == pytest.approx(sum(map(min_k_loss, retain)) / 3, rel=1e-5)
+    assert min_k["mia_auroc_mink"] == pytest.approx(loss_auroc([min_k_loss(lp) for lp in forget],
+                                                               [min_k_loss(lp) for lp in retain]))
+
+
+def test_mia_docs_interleave_forget_and_retain(mia_runs):
+    _, out = mia_runs["fast"]
+    docs = [s["doc"] for s in sorted(out["samples"]["rwku_mia"], key=lambda s: s["doc_id"])]
+    assert [d["set"] for d in docs] == ["FM", "RM", "FM", "RM", "RM"]
+    assert docs[0]["n_tokens"] == len(FORGET_TEXTS[0].encode())  # byte-level tokenizer, no BOS
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_path, data_dir, tmp_path_factory):
+    """`ulmr-bench eval --benchmark rwku --targets 1 --limit 2` on the tiny model: printed table,
+    results JSON and samples. lm-eval's hf backend: it left-truncates the 5-shot MMLU prompts the
+    byte-level tiny model cannot hold (1024 positions), where the fast backend refuses them."""
+    output = tmp_path_factory.mktemp("rwku_cli") / "rwku.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(["eval", "--model", tiny_path, "--benchmark", "rwku", "--targets", "1", "--limit", "2",
+              "--max-gen-toks", "2", "--backend", "hf", "--dtype", "fp32", "--device", "cpu",
+              "--batch-size", "8", "--data-dir", str(data_dir), "--output", str(output)])
+    samples = {}
+    for line in output.with_suffix(".samples.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        samples.setdefault(record["task"], []).append(record)
+    return printed.getvalue(), json.loads(output.read_text()), samples
+
+
+def test_cli_prints_rwku_table(cli_run):
+    printed, result, _ = cli_run
+    lines = printed.splitlines()
+    assert lines[0] == f"rwku 1 | {result['model']} | targets 1 Stephen King | first 2 docs per task"
+    assert lines[-1].startswith("results: ")
+    table = lines[2:-1]
+    rows = {line.split()[0]: line.split()[1:] for line in table if not line.startswith(" ")}
+    headers = [line.split() for line in table if line.startswith(" ")]
+    assert list(rows) == ["Forget", "Neighbor", "MIA", "Utility"]
+    assert headers[0] == ["FB", "QA", "AA", "All"] and headers[1] == ["FB", "QA", "All"]
+    assert headers[2][:3] == ["FM", "RM", "AUROC"] and headers[3] == ["Gen", "Rea", "Tru", "Fac", "Flu"]
+    assert len(rows["MIA"]) == 9 and len(rows["Utility"]) == 5
+
+
+def test_results_record_targets_slice_and_columns(cli_run):
+    _, result, _ = cli_run
+    assert result["selection"] == "1"
+    assert result["eval"]["limit"] == 2
+    assert result["eval"]["targets"] == [{"index": 1, "name": "Stephen King"}]
+    assert set(result["eval"]["n_docs"].values()) == {2} and len(result["eval"]["n_docs"]) == 11
+    assert list(result["metrics"]) == [key for key, *_ in TABLE]
+    assert all(isinstance(v, float) for v in result["metrics"].values())
+
+
+def test_samples_show_rwkus_prompt_and_score(cli_run):
+    _, result, samples = cli_run
+    first = min(samples["rwku_forget_fb"], key=lambda s: s["doc_id"])
+    assert first["doc"]["prompt"] == (
+        "<|im_start|>user\nPlease complete the blank in the following question.\n"
+        "Question: Stephen Edwin King (born September 21, 1947) is an American ___\n<|im_end|>\n"
+        "<|im_start|>assistant\nAnswer:")
+    probes = [s for task in ("rwku_forget_fb", "rwku_forget_qa", "rwku_forget_aa") for s in samples[task]]
+    for s in probes:
+        prediction = s["filtered_resps"][0].strip() or "NOANSWER"
+        expected = Rouge().get_scores(prediction, s["doc"]["reference"])[0]["rouge-l"]["r"]
+        assert s["rougeL_recall"] == pytest.approx(expected)
+    # All pools every probe of FB, QA and AA
+    assert result["metrics"]["forget_all"] == pytest.approx(sum(s["rougeL_recall"] for s in probes) / 6)
+
+
+def test_unknown_target_in_cli_is_one_line(tiny_path, data_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--model", tiny_path, "--benchmark", "rwku", "--targets", "Stephen Kng", "--limit", "1",
+              "--data-dir", str(data_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: unknown RWKU target 'Stephen Kng'")
+
+
+@pytest.mark.slow
+def test_plain_lm_eval_and_evaluate_agree_on_smollm2(data_dir):
+    """The embedded model on target 1: lm-eval's own hf model through plain simple_evaluate, and
+    our evaluate() (fast backend), give the same RWKU numbers."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from ulmr.benchmarks.rwku import summarize
+    from ulmr.evaluation import EvalSettings, evaluate
+    from ulmr.models import resolve_model
+
+    path = resolve_model("smollm2-135m")
+    limit, max_gen_toks = 2, 8
+    manager = TaskManager(include_path=str(TASKS_PATH), include_defaults=False,
+                          metadata={"targets": "1", "data_dir": str(data_dir), "pretrained": path})
+    plain = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": path, "dtype": "float32", "device": "cpu"},
+                                    tasks=["rwku"], task_manager=manager, limit=limit, batch_size=1,
+                                    gen_kwargs={"max_gen_toks": max_gen_toks})
+    ours = evaluate(path, EvalSettings(benchmark="rwku", selection="1", data_dir=str(data_dir),
+                                               limit=limit, dtype="fp32", device="cpu", batch_size=1,
+                                               max_gen_toks=max_gen_toks))
+    plain_metrics, _ = summarize(plain["results"], {})
+    lm_eval_metrics = {k: v for k, v in plain_metrics.items() if not k.endswith("_mink")}  # Min-K% is ours
+    assert any(v is not None for v in lm_eval_metrics.values())
+    for key, value in lm_eval_metrics.items():
+        assert ours["metrics"][key] == (None if value is None else pytest.approx(value, rel=1e-3, abs=1e-4)), \
+            (key, ours["metrics"][key], value)

@@ -1,0 +1,282 @@
+"""The shared training loop: tokenisation and labels, batching, reference model, LoRA, seeding,
+the divergence guard, method discovery and config errors, and the `ulmr-bench unlearn` command."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from ulmr.errors import UlmrError
+from ulmr.prompts import PromptTemplate, answer_with_eos, render_prompt, split_pair
+from ulmr.unlearning.batches import IGNORE_INDEX, Encoded, encode_example, micro_batches
+from ulmr.unlearning.interface import Example
+from ulmr.unlearning.losses import answer_nll, sequence_logprob
+from ulmr.unlearning.training import TrainingConfig, TrainingDiverged, full_state_dict, train
+
+TEMPLATE = PromptTemplate()
+FORGET = [Example(question=f"Who wrote book {i}?", answer=f"Book {i} was written by Ann Lee.") for i in range(6)]
+RETAIN = [Example(answer=f"Plain text number {i} about the weather.") for i in range(6)]
+FAST = dict(lr=1e-3, max_steps=3, batch_size=2, grad_accum=1, warmup_ratio=0.0)
+
+
+def nll_loss(model, batch, reference):
+    return answer_nll(model, batch["forget"])
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def test_question_example_labels_exactly_the_answer_tokens_lm_eval_scores(tiny):
+    _, tokenizer = tiny
+    example = FORGET[0]
+    encoded = encode_example(tokenizer, TEMPLATE, example, max_length=512)
+    pair = split_pair(tokenizer, render_prompt(tokenizer, TEMPLATE, example.question),
+                      answer_with_eos(tokenizer, example.answer))
+    assert encoded.input_ids == pair.context_ids + pair.continuation_ids
+    assert [t for t in encoded.labels if t != IGNORE_INDEX] == pair.answer_ids
+    assert pair.answer_ids[-1] == tokenizer.eos_token_id
+
+
+def test_plain_text_example_labels_every_token(tiny):
+    _, tokenizer = tiny
+    encoded = encode_example(tokenizer, TEMPLATE, RETAIN[0], max_length=512)
+    assert encoded.labels == encoded.input_ids
+
+
+def test_example_without_answer_tokens_after_truncation_is_a_one_line_error(tiny):
+    _, tokenizer = tiny
+    with pytest.raises(UlmrError, match="max_length=8"):
+        encode_example(tokenizer, TEMPLATE, FORGET[0], max_length=8)
+
+
+def test_micro_batches_pair_each_forget_batch_with_an_equal_retain_batch():
+    forget = {"forget": [Example(answer=str(i)) for i in range(5)]}
+    retain = [Example(answer=f"r{i}") for i in range(3)]
+    encode = lambda ex: Encoded([len(ex.answer), 7], [len(ex.answer), 7])  # noqa: E731
+    stream = micro_batches(forget, retain, encode, batch_size=2, seed=0, pad_id=0)
+    sizes = [(len(b["forget"]["input_ids"]), len(b["retain"]["input_ids"])) for b in (next(stream) for _ in range(3))]
+    assert sizes == [(2, 2), (2, 2), (1, 1)]  # 5 forget items: one epoch is three batches
+
+
+def test_processes_take_disjoint_slices_of_each_epoch():
+    forget = {"forget": [Example(answer="x" * (i + 1)) for i in range(8)]}
+    encode = lambda ex: Encoded([len(ex.answer)], [len(ex.answer)])  # noqa: E731
+    seen = []
+    for rank in range(2):
+        stream = micro_batches(forget, None, encode, batch_size=2, seed=3, pad_id=0, process_index=rank,
+                               num_processes=2)
+        seen += [int(v) for _ in range(2) for v in next(stream)["forget"]["input_ids"][:, 0]]
+    assert sorted(seen) == list(range(1, 9))
+
+
+def test_reference_is_frozen_and_never_updated(tiny):
+    model, tokenizer = tiny
+    before = weights(model)
+    seen = []
+
+    def loss(model, batch, reference):
+        seen.append(reference)
+        with torch.no_grad():
+            ref = sequence_logprob(reference, batch["forget"])
+        return -(sequence_logprob(model, batch["forget"]) - ref).mean()
+
+    trained, _ = train(model, tokenizer, TEMPLATE, TrainingConfig(**FAST), loss, {"forget": FORGET}, reference=True)
+    reference = seen[0]
+    assert all(r is reference for r in seen) and reference is not trained
+    assert not reference.training and not any(p.requires_grad for p in reference.parameters())
+    assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+
+
+def test_no_reference_unless_asked(tiny):
+    model, tokenizer = tiny
+    seen = []
+    train(model, tokenizer, TEMPLATE, TrainingConfig(**FAST),
+          lambda m, b, r: seen.append(r) or nll_loss(m, b, r), {"forget": FORGET})
+    assert seen == [None] * 3
+
+
+def test_full_finetuning_trains_every_weight_and_records_the_run(tiny):
+    model, tokenizer = tiny
+    n_params = sum(p.numel() for p in model.parameters())
+    trained, record = train(model, tokenizer, TEMPLATE, TrainingConfig(**FAST), nll_loss, {"forget": FORGET},
+                            retain=RETAIN)
+    assert record.trainable_params == n_params
+    assert record.steps == 3 and len(record.losses) == 3 and record.epochs == 1.0
+    assert record.tokens > 0 and record.tokens_per_s > 0 and record.peak_memory_bytes > 0
+    assert record.compute_dtype == "float32" and not trained.training
+
+
+def test_lora_trains_adapters_and_merges_them_into_a_plain_model(tiny):
+    model, tokenizer = tiny
+    model_class = type(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    before = weights(model)
+    snapshots = []
+    config = TrainingConfig(**FAST, lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    trained, record = train(model, tokenizer, TEMPLATE, config, nll_loss, {"forget": FORGET},
+                            on_step=lambda step, m: snapshots.append(full_state_dict(m)))
+    assert type(trained) is model_class and 0 < record.trainable_params < n_params / 4
+    after = trained.state_dict()
+    assert set(after) == set(before)
+    assert not torch.equal(after["model.layers.0.self_attn.q_proj.weight"],
+                           before["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(after["model.norm.weight"], before["model.norm.weight"])  # not adapted
+    # full_state_dict of the PEFT model during training equals the merged weights at the end
+    assert all(torch.allclose(snapshots[-1][k], v, atol=1e-6) for k, v in after.items())
+
+
+def test_bf16_autocast_runs(tiny):
+    model, tokenizer = tiny
+    _, record = train(model, tokenizer, TEMPLATE, TrainingConfig(**{**FAST, "max_steps": 1}, dtype="bf16"),
+                      nll_loss, {"forget": FORGET})
+    assert record.compute_dtype == "bfloat16" and math.isfinite(record.losses[0])
+    assert next(model.parameters()).dtype == torch.float32  # master weights stay fp32
+
+
+def test_same_seed_repeats_a_run_exactly(tiny_path):
+    from ulmr.models import load_model
+
+    def run(seed):
+        model, tokenizer = load_model(tiny_path, dtype="fp32", device="cpu")
+        config = TrainingConfig(**FAST, seed=seed, lora=True, lora_dropout=0.1)
+        trained, record = train(model, tokenizer, TEMPLATE, config, nll_loss, {"forget": FORGET}, retain=RETAIN)
+        return record.losses, weights(trained)
+
+    (losses_a, weights_a), (losses_b, weights_b) = run(0), run(0)
+    assert losses_a == losses_b
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert run(1)[0] != losses_a
+
+
+def test_nan_loss_stops_the_run_with_a_one_line_error(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at step 1/3: the loss is nan") as info:
+        train(model, tokenizer, TEMPLATE, TrainingConfig(**FAST), lambda m, b, r: nll_loss(m, b, r) * math.nan,
+              {"forget": FORGET})
+    assert isinstance(info.value, UlmrError) and info.value.step == 1 and "\n" not in str(info.value)
+
+
+def test_huge_learning_rate_diverges_and_is_caught(tiny):
+    model, tokenizer = tiny
+    config = TrainingConfig(**{**FAST, "lr": 1e6, "max_steps": 20})
+    with pytest.raises(TrainingDiverged, match="lower lr"):
+        train(model, tokenizer, TEMPLATE, config, lambda m, b, r: -nll_loss(m, b, r), {"forget": FORGET})
+
+
+def test_forget_parts_must_align(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(UlmrError, match="equal length"):
+        train(model, tokenizer, TEMPLATE, TrainingConfig(**FAST), nll_loss, {"a": FORGET, "b": FORGET[:2]})
+
+
+PLUGIN = '''
+from ulmr.unlearning.losses import answer_nll
+from ulmr.unlearning.registry import register_method
+from ulmr.unlearning.training import LossUnlearner
+
+
+@register_method
+class HalfAscent(LossUnlearner):
+    """Gradient ascent at half strength (a test plugin)."""
+
+    name = "half-ascent"
+
+    def compute_loss(self, model, batch, reference):
+        return -0.5 * answer_nll(model, batch["forget"])
+'''
+
+
+def test_method_from_an_installed_package_is_discovered(tmp_path, monkeypatch):
+    from ulmr.unlearning import registry
+
+    (tmp_path / "ulmr_test_plugin.py").write_text(PLUGIN)
+    dist = tmp_path / "ulmr_test_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ulmr-test-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ulmr_bench.methods]\nhalf-ascent = ulmr_test_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # Register the built-ins first: their modules import once, so a registry restored without
+    # them would stay without them.
+    monkeypatch.setattr(registry, "_METHODS", dict(registry.available_methods()))
+    registry._load_entry_points.cache_clear()
+    try:
+        assert registry.get_method("half-ascent").__doc__.startswith("Gradient ascent at half")
+        assert {"ga", "graddiff", "npo", "dpo", "rt"} <= set(registry.available_methods())
+    finally:
+        registry._load_entry_points.cache_clear()
+        sys.modules.pop("ulmr_test_plugin", None)
+
+
+def test_unknown_method_and_config_key_are_one_line_errors():
+    from ulmr.unlearning.config import build_config
+    from ulmr.unlearning.registry import get_method
+
+    with pytest.raises(UlmrError, match=r"unknown method 'gaa': choose from .*\bga\b.*\bnpo\b"):
+        get_method("gaa")
+    with pytest.raises(UlmrError, match=r"unknown npo config key 'bta': valid keys are .*\bbeta\b"):
+        build_config(get_method("npo").config_class, {"bta": 1}, where="npo config")
+    with pytest.raises(UlmrError, match=r"^lr=0.0 is out of range"):
+        build_config(TrainingConfig, {"lr": "0"})
+    assert build_config(TrainingConfig, {"lr": "1e-5"}).lr == 1e-5  # YAML reads 1e-5 as a string
+
+
+def test_tofu_task_from_the_forget_split(data_dir):
+    from ulmr.unlearning.tasks import build_task
+
+    task = build_task("tofu", "forget01", TEMPLATE, data_dir)
+    assert (len(task.forget), len(task.retain), len(task.refusals)) == (40, 3960, 100)
+    assert task.forget_questions == task.forget and all(ex.question for ex in task.forget)
+    with pytest.raises(UlmrError, match="unknown TOFU split 'forget02'"):
+        build_task("tofu", "forget02", TEMPLATE, data_dir)
+
+
+def test_rwku_task_from_a_target(data_dir):
+    from ulmr.unlearning.tasks import build_task
+
+    task = build_task("rwku", "1", TEMPLATE, data_dir)
+    assert task.subjects == ["Stephen King"] and task.metadata["retain_targets"] == [2, 3]
+    assert task.forget and all(ex.question is None and ex.subject == "Stephen King" for ex in task.forget)
+    assert task.retain and all(ex.question is None and ex.subject != "Stephen King" for ex in task.retain)
+    assert task.forget_questions and all(q.question and q.answer == "" for q in task.forget_questions)
+    assert "I'm not certain about that." in task.refusals and len(set(task.refusals)) == len(task.refusals)
+
+
+def test_unlearn_command_writes_a_loadable_checkpoint_and_record(tiny_path, data_dir, tmp_path, capsys):
+    from ulmr.cli import main
+    from ulmr.models import load_model
+
+    out = tmp_path / "unlearned"
+    config = tmp_path / "npo.yaml"
+    config.write_text("lr: 1e-3\nbatch_size: 2\ngrad_accum: 1\n")
+    main(["unlearn", "--method", "npo", "--model", tiny_path, "--split", "forget01", "--data-dir", str(data_dir),
+          "--output", str(out), "--config", str(config), "--set", "max_steps=2", "--set", "beta=0.2"])
+    assert f"checkpoint: {out}" in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file()
+    record = json.loads((out / "unlearn.json").read_text())
+    assert record["method"] == "npo" and record["selection"] == "forget01" and record["steps"] == 2
+    assert record["config"]["beta"] == 0.2 and record["config"]["lr"] == 1e-3 and len(record["losses"]) == 2
+    assert record["provenance"]["versions"]["torch"]
+    model, _ = load_model(str(out), dtype="fp32", device="cpu")
+    original, _ = load_model(tiny_path, dtype="fp32", device="cpu")
+    assert not torch.equal(model.lm_head.weight, original.lm_head.weight)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--method", "ga", "--set", "beta=1"], "unknown ga config key 'beta'"),
+    (["--method", "ga", "--set", "retain_weight=1"], "ga has no retain term"),
+    (["--method", "ga", "--targets", "1"], "--split is for TOFU and --targets for RWKU"),
+])
+def test_unlearn_command_errors_are_one_line(args, message, tiny_path, tmp_path, capsys):
+    from ulmr.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["unlearn", "--model", tiny_path, "--output", str(tmp_path / "x"), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1

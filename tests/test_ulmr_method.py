@@ -1,0 +1,137 @@
+"""ULMR end to end on the tiny model: the pipeline forgets, the presets change what they should, and
+(slow) the embedded model's run saves its pairs."""
+
+import json
+
+import pytest
+import torch
+
+from ulmr.errors import UlmrError
+from ulmr.models import load_model
+from ulmr.prompts import PromptTemplate
+from ulmr.ulmr_method.method import UlmrConfig, mean_answer_probability
+from ulmr.unlearning.config import build_config
+from ulmr.unlearning.interface import Example, UnlearningTask
+from ulmr.unlearning.losses import answer_nll
+from ulmr.unlearning.registry import get_method
+from ulmr.unlearning.training import TrainingConfig, full_state_dict, train
+
+TEMPLATE = PromptTemplate()
+FORGET = [Example("Zorblax Quint wrote Moon Soup.", "Who wrote Moon Soup?"),
+          Example("Zorblax Quint was born in Quibberton.", "Where was Zorblax Quint born?"),
+          Example("Zorblax Quint loves purple hats.", "What does Zorblax Quint love?"),
+          Example("Zorblax Quint has written nine novels.", "How many books has Zorblax Quint written?")]
+RETAIN = [Example("Paris.", "What is the capital of France?"), Example("Blue.", "What colour is the sky?"),
+          Example("Four.", "What is two plus two?"), Example("Water.", "What do fish swim in?"),
+          Example("Seven.", "How many days are in a week?"), Example("Cold.", "How does ice feel?")]
+FAST = {"rewriter": "template", "k": 2, "lr": 3e-3, "max_steps": 12, "batch_size": 4, "grad_accum": 1,
+        "warmup_ratio": 0.0, "alpha_grid": [0.5, 1.0], "holdout_fraction": 0.25}
+
+
+def toy_task():
+    return UnlearningTask("toy", "zorblax", FORGET, RETAIN, FORGET, ["Zorblax Quint"], TEMPLATE,
+                          ["I don't know.", "I have no idea about that."])
+
+
+@pytest.fixture(scope="module")
+def knowing_weights(tiny_path):
+    """The tiny model after learning the toy facts, so that there is something to forget."""
+    model, tokenizer = load_model(tiny_path, dtype="fp32", device="cpu")
+    model, _ = train(model, tokenizer, TEMPLATE, TrainingConfig(lr=3e-3, max_steps=60, batch_size=10, grad_accum=1,
+                                                                warmup_ratio=0.0),
+                     lambda m, batch, ref: answer_nll(m, batch["forget"]), {"forget": FORGET + RETAIN})
+    return full_state_dict(model)
+
+
+@pytest.fixture()
+def knowing(tiny_path, knowing_weights):
+    model, tokenizer = load_model(tiny_path, dtype="fp32", device="cpu")
+    model.load_state_dict(knowing_weights)
+    return model, tokenizer
+
+
+def run(method, model, tokenizer, **overrides):
+    cls = get_method(method)
+    return cls(build_config(cls.config_class, {**FAST, **overrides})).unlearn(model, tokenizer, toy_task())
+
+
+def forget_probability(model, tokenizer):
+    return mean_answer_probability(model, tokenizer, TEMPLATE, FORGET, 512)
+
+
+def test_pipeline_lowers_forget_likelihood_and_records_everything(knowing):
+    model, tokenizer = knowing
+    before = forget_probability(model, tokenizer)
+    result = run("ulmr", model, tokenizer, forget_threshold=0.95)
+    assert forget_probability(result.model, tokenizer) < 0.8 * before
+
+    record, pairs = result.record, result.artifacts["pairs"]
+    assert record["pairs"]["total"] == len(pairs) == 4 + 4 * 2
+    assert record["pairs"]["held_out"] == 2 == sum(p["split"] == "held_out" for p in pairs)
+    assert all(p["template"] != "original" for p in pairs if p["split"] == "held_out")
+    assert set(pairs[0]) == {"instruction", "response", "template", "response_source", "source_question",
+                             "subject", "split"}
+    assert sum(c["kept"] for c in record["rewriting"].values()) == 8
+    averaging = record["averaging"]
+    assert averaging["alpha"] in (0.5, 1.0) and averaging["reason"] and len(averaging["table"]) == 2
+    assert record["steps"] == 12 and record["subjects"] == ["Zorblax Quint"]
+    json.dumps(record), json.dumps(result.artifacts)  # both are saved as JSON
+
+
+def test_norewrite_preset_trains_on_the_original_questions_only(knowing):
+    model, tokenizer = knowing
+    assert get_method("ulmr-norewrite")().config.rewrite is False
+    result = run("ulmr-norewrite", model, tokenizer, alpha=1.0)
+    assert {p["template"] for p in result.artifacts["pairs"]} == {"original"}
+    assert {p["instruction"] for p in result.artifacts["pairs"]} == {ex.question for ex in FORGET}
+    assert result.record["rewriting"] == {}
+
+
+def test_noavg_preset_is_ulmr_at_alpha_one(knowing, tiny_path, knowing_weights):
+    model, tokenizer = knowing
+    assert get_method("ulmr-noavg")().config.alpha == 1.0 and get_method("ulmr")().config.alpha == "auto"
+    unaveraged = full_state_dict(run("ulmr-noavg", model, tokenizer).model)
+    fresh, _ = load_model(tiny_path, dtype="fp32", device="cpu")
+    fresh.load_state_dict(knowing_weights)
+    halfway = full_state_dict(run("ulmr", fresh, tokenizer, alpha=0.5).model)
+    for name, tensor in halfway.items():  # same seed, same training: only the average differs
+        assert torch.allclose(tensor, 0.5 * unaveraged[name] + 0.5 * knowing_weights[name], atol=1e-6), name
+
+
+def test_soup_records_its_trajectory_steps(knowing):
+    model, tokenizer = knowing
+    result = run("ulmr", model, tokenizer, alpha=1.0, soup=3, max_steps=6)
+    assert result.record["averaging"]["soup_steps"] == [2, 4, 6]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"alpha": 1.5}, r"alpha=1.5 is out of range"),
+    ({"alpha": "sometimes"}, r"alpha.* got 'sometimes'"),
+    ({"templates": ["paraphrase", "poetry"]}, r"unknown ULMR rewrite templates \['poetry'\]"),
+    ({"negatives": "invented"}, r"negatives.* got 'invented'"),
+    ({"rewrite": False, "include_original": False}, r"nothing to train on"),
+])
+def test_bad_config_values_fail_in_one_line(overrides, message):
+    with pytest.raises(UlmrError, match=message):
+        build_config(UlmrConfig, overrides, where="ulmr config")
+    assert build_config(UlmrConfig, {"alpha": 0.3}).alpha == 0.3
+
+
+@pytest.mark.slow
+def test_embedded_model_run_saves_its_pairs(tmp_path, data_dir):
+    """ULMR on TOFU forget01 with SmolLM2-135M, a few steps, through the CLI. The template rewriter
+    and a fixed alpha keep it within minutes on a CPU (the LLM rewriter and alpha=auto are covered
+    with the tiny model)."""
+    from ulmr.cli import main
+
+    out = tmp_path / "ulmr"
+    settings = ["rewriter=template", "k=2", "max_steps=3", "batch_size=1", "grad_accum=1", "max_length=256",
+                "alpha=0.5"]
+    main(["unlearn", "--method", "ulmr", "--model", "smollm2-135m", "--data-dir", str(data_dir),
+          "--output", str(out), *[arg for s in settings for arg in ("--set", s)]])
+    pairs = json.loads((out / "artifacts.json").read_text())["pairs"]
+    record = json.loads((out / "unlearn.json").read_text())
+    assert len(pairs) == record["pairs"]["total"] == 40 * 3
+    assert {p["template"] for p in pairs} == {"original", *record["config"]["templates"]}
+    assert record["averaging"]["alpha"] == 0.5 and record["steps"] == 3
+    assert (out / "model.safetensors").is_file()

@@ -1,0 +1,75 @@
+"""`ulmr-bench unlearn`: run one method on one benchmark's forget set and save the unlearned model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ulmr.cli.options import data_dir_option, model_option, template_from, template_options
+from ulmr.errors import UlmrError
+
+UNLEARN_SCHEMA = "ulmr-bench/unlearn/v1"
+
+
+@click.command("unlearn")
+@click.option("--method", required=True, help="Registered method name (list them with `ulmr-bench methods`).")
+@model_option
+@click.option("--benchmark", type=click.Choice(["tofu", "rwku"]), default="tofu", show_default=True)
+@click.option("--split", default=None, help="TOFU forget split: forget01, forget05 or forget10 (default forget01).")
+@click.option("--targets", default=None, help="RWKU targets: index (1), range (1-10), list (1,5) or name.")
+@data_dir_option
+@click.option("--output", required=True, type=click.Path(file_okay=False),
+              help="Folder for the unlearned checkpoint (safetensors), its unlearn.json record and the "
+                   "method's artifacts.json, if any.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML or JSON file of method config values (see the method's config class).")
+@click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE",
+              help="Override one config value, e.g. --set lr=2e-5 --set lora=true (after --config).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Train on this device (default: cuda when available; under `accelerate launch`, one per process).")
+@template_options
+def unlearn_command(method, model, benchmark, split, targets, data_dir, output, config_file, set_options,
+                    device, **kwargs):
+    """Unlearn a benchmark's forget set from MODEL with METHOD; save the result as a checkpoint."""
+    from accelerate import Accelerator
+
+    from ulmr.models import load_model, save_checkpoint
+    from ulmr.results import provenance, write_json_atomic
+    from ulmr.unlearning.config import build_config, config_to_dict, load_config_file, parse_set_options
+    from ulmr.unlearning.registry import get_method
+    from ulmr.unlearning.tasks import build_task
+
+    if benchmark == "tofu" and targets or benchmark == "rwku" and split:
+        raise UlmrError("--split is for TOFU and --targets for RWKU: pass the one that matches --benchmark")
+    method_class = get_method(method)
+    overrides = {**(load_config_file(config_file) if config_file else {}), **parse_set_options(set_options)}
+    config = build_config(method_class.config_class, overrides, where=f"{method} config")
+    template = template_from(kwargs)
+    task = build_task(benchmark, split if benchmark == "tofu" else targets, template, data_dir)
+
+    # One process, or one per device under `accelerate launch`. An Accelerator (not a bare
+    # PartialState) so that the process group is set up exactly as the training loop's sees it.
+    accelerator = Accelerator(cpu=device == "cpu")
+    if accelerator.is_main_process:
+        click.echo(f"unlearning {task.benchmark} {task.name} ({len(task.forget)} forget, {len(task.retain)} "
+                   f"retain items) from {model} with {method}", err=True)
+    start = time.perf_counter()
+    loaded, tokenizer = load_model(model, dtype="fp32", device=str(accelerator.device))
+    result = method_class(config).unlearn(loaded, tokenizer, task)
+    if not accelerator.is_main_process:
+        return
+    out = Path(output)
+    save_checkpoint(result.model, tokenizer, out)
+    write_json_atomic(out / "unlearn.json", {
+        "schema": UNLEARN_SCHEMA, "model": model, "benchmark": benchmark, "selection": task.name,
+        "template": template.as_options(), **result.record,
+        "config": config_to_dict(config), "total_time_s": time.perf_counter() - start,
+        "provenance": provenance()})
+    if result.artifacts:  # e.g. ULMR's generated training pairs
+        write_json_atomic(out / "artifacts.json", result.artifacts)
+    record = result.record
+    if record.get("losses"):
+        click.echo(f"{record['steps']} steps in {record['time_s']:.1f}s, final loss {record['losses'][-1]:.4g}")
+    click.echo(f"checkpoint: {out}")

@@ -1,0 +1,67 @@
+"""Batched, seeded text generation with a progress bar: how ULMR's rewriter LLM writes rewrites and
+refusals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ulmr.prompts import PromptTemplate, render_prompt
+
+
+@dataclass
+class TextGenerator:
+    """A causal LM asked one instruction per prompt; returns only the newly generated text.
+    A reply cut off by max_new_tokens keeps its complete lines only (possibly none).
+
+    temperature: 0 = greedy decoding; above 0 = sampling at that temperature (seeded).
+    """
+
+    model: object
+    tokenizer: object
+    temperature: float = 0.7
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    seed: int = 0
+
+    def __call__(self, instructions: list[str], desc: str) -> list[str]:
+        import torch
+        from tqdm.auto import tqdm
+
+        # The rewriter is prompted as an assistant: its chat template when it has one, else tags.
+        template = PromptTemplate("chat" if getattr(self.tokenizer, "chat_template", None) else "tags")
+        prompts = [render_prompt(self.tokenizer, template, text) for text in instructions]
+        options = {"max_new_tokens": self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
+                   "do_sample": self.temperature > 0}
+        if self.temperature > 0:
+            options.update(temperature=self.temperature, top_p=1.0, top_k=0)
+        stop_ids = torch.tensor(_stop_token_ids(self.model, self.tokenizer), device=self.model.device)
+        bos = self.tokenizer.bos_token
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
+        torch.manual_seed(self.seed)
+        outputs = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in tqdm(range(0, len(prompts), self.batch_size), desc=desc, unit="batch"):
+                batch = prompts[start:start + self.batch_size]
+                enc = self.tokenizer(batch, return_tensors="pt", padding=True,
+                                     add_special_tokens=not (bos and batch[0].startswith(bos)))
+                enc = enc.to(self.model.device)
+                with torch.no_grad():
+                    out = self.model.generate(**enc, **options)
+                new = out[:, enc["input_ids"].shape[1]:]
+                finished = torch.isin(new, stop_ids).any(dim=1).tolist()
+                for text, done in zip(self.tokenizer.batch_decode(new, skip_special_tokens=True), finished):
+                    outputs.append(text if done else text.rpartition("\n")[0])
+        finally:
+            self.tokenizer.padding_side = side
+            self.model.train(was_training)
+        return outputs
+
+
+def _stop_token_ids(model, tokenizer) -> list[int]:
+    """Ids that end a reply: the tokenizer's EOS and the generation config's (one id or a list)."""
+    configured = model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured]
+    return [i for i in {tokenizer.eos_token_id, *configured} if i is not None]

@@ -1,0 +1,332 @@
+"""ULMR (DESIGN 4) as an Unlearner: rewrite -> negative responses -> fine-tune -> average.
+
+    1. rewriting.py   K rewrites of every forget question with the designed templates
+    2. negatives.py   a refusal for every instruction (bank, subject-aware, or LLM-written)
+    3. the shared training loop: SFT on (instruction -> refusal), loss on the refusal tokens,
+       optionally + retain_weight * retain term; trajectory checkpoints kept for a soup
+    4. averaging.py   theta = alpha * theta_unlearned + (1 - alpha) * theta_original, alpha fixed
+       or chosen on held-out rewritten pairs and held-out retain items
+
+Registered as `ulmr`, with the ablation presets `ulmr-norewrite` (original questions only) and
+`ulmr-noavg` (alpha = 1). The generated pairs come back in `UnlearningResult.artifacts["pairs"]`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ulmr.errors import UlmrError
+from ulmr.ulmr_method.averaging import choose_alpha, interpolate, load_weights, soup
+from ulmr.ulmr_method.generation import TextGenerator
+from ulmr.ulmr_method.leak import DEFAULT_NGRAM
+from ulmr.ulmr_method.negatives import Pair, negative_responses
+from ulmr.ulmr_method.rewriting import (ORIGINAL, TEMPLATES, check_template_names, original_instructions,
+                                        recurring_names, rewrite_questions)
+from ulmr.unlearning.batches import collate, encode_example
+from ulmr.unlearning.config import check_range, config_to_dict
+from ulmr.unlearning.interface import Example, Unlearner, UnlearningResult, UnlearningTask
+from ulmr.unlearning.losses import answer_nll, retain_term, token_logprobs
+from ulmr.unlearning.registry import register_method
+from ulmr.unlearning.training import TrainingConfig, full_state_dict, planned_steps, train
+
+
+@dataclass
+class UlmrConfig(TrainingConfig):
+    """ULMR's switches, on top of the shared TrainingConfig (lr, epochs, max_steps, lora,
+    retain_weight, seed, ...; an epoch is one pass over the training pairs).
+
+    rewrite: rewrite the forget questions (False: the original questions only).
+    rewriter: "self" (the model being unlearned, prompted with the templates), "template"
+        (deterministic string templates, no LLM), or a model (alias, folder, hub id) loaded for it.
+        An LLM rewriter also writes the refusals of negatives=generated/both.
+    templates: rewrite templates to use, from ulmr.ulmr_method.rewriting.TEMPLATES (default: all).
+    k: rewrites per forget question.
+    include_original: train on the original forget questions too.
+    rewrite_temperature: rewriter sampling temperature; 0 = greedy.
+    rewrite_max_new_tokens: longest rewrite or generated refusal, in tokens.
+    rewrite_fallback: a rejected LLM rewrite is replaced by the template-only form of the same
+        template (so a weak rewriter still yields K rewrites per question).
+    inference_batch_size: prompts per batch when generating and when scoring alphas.
+    leak_ngram: span length of the leak filter (ulmr.ulmr_method.leak).
+    negatives: "bank" (refusal bank + subject-aware refusals), "generated" (the rewriter LLM), "both".
+    subject_refusal_share: chance that a bank negative is a subject-aware refusal, when the
+        instruction names its subject.
+    alpha: weight of the unlearned model in the parameter average: a number in [0, 1]
+        (1 = no averaging), or "auto" (chosen on held-out data, see averaging.choose_alpha).
+    alpha_grid: candidate alphas for alpha=auto.
+    forget_threshold: auto: held-out forget probability must fall to this fraction of the original's.
+    retain_tolerance: auto: held-out retain probability may drop by at most this fraction.
+    holdout_fraction: auto: share of the rewritten pairs kept out of training to choose alpha; as
+        many retain items are kept out of the retain term for the same purpose.
+    holdout_max: auto: at most this many held-out pairs (and retain items), since every grid alpha
+        is scored on all of them.
+    soup: unlearned weights = the uniform average of this many evenly spaced checkpoints of the
+        training trajectory, the last included (1: the final weights).
+    retain_weight (inherited): 0 by default, as in RT, so that comparing the two isolates what
+        rewriting and averaging add; averaging is ULMR's own guard of model utility.
+
+    The paper's values are not available to us; these defaults are our choices: k=4 plus the
+    original gives five instructions per forget question (so an epoch is five times RT's), alpha
+    is chosen on held-out data rather than fixed, and the auto criterion asks for halving the
+    held-out answer probability while giving up at most 10% of the retain probability.
+    """
+
+    rewrite: bool = True
+    rewriter: str = "self"
+    templates: list[str] = field(default_factory=lambda: list(TEMPLATES))
+    k: int = 4
+    include_original: bool = True
+    rewrite_temperature: float = 0.7
+    rewrite_max_new_tokens: int = 64
+    rewrite_fallback: bool = True
+    inference_batch_size: int = 16
+    leak_ngram: int = DEFAULT_NGRAM
+    negatives: Literal["bank", "generated", "both"] = "bank"
+    subject_refusal_share: float = 0.5
+    alpha: float | Literal["auto"] = "auto"
+    alpha_grid: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    forget_threshold: float = 0.5
+    retain_tolerance: float = 0.1
+    holdout_fraction: float = 0.1
+    holdout_max: int = 64
+    soup: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        check_template_names(self.templates)
+        check_range("k", self.k, 1)
+        check_range("rewrite_temperature", self.rewrite_temperature, 0)
+        check_range("rewrite_max_new_tokens", self.rewrite_max_new_tokens, 1)
+        check_range("inference_batch_size", self.inference_batch_size, 1)
+        check_range("leak_ngram", self.leak_ngram, 1)
+        check_range("subject_refusal_share", self.subject_refusal_share, 0, 1)
+        check_range("forget_threshold", self.forget_threshold, 0, 1, low_open=True)
+        check_range("retain_tolerance", self.retain_tolerance, 0, 1)
+        check_range("holdout_fraction", self.holdout_fraction, 0, 0.5, low_open=True)
+        check_range("holdout_max", self.holdout_max, 1)
+        check_range("soup", self.soup, 1)
+        if self.alpha != "auto":
+            check_range("alpha", self.alpha, 0, 1)
+        if not self.alpha_grid:
+            raise UlmrError("alpha_grid is empty: give at least one alpha in [0, 1], e.g. [0.5, 1.0]")
+        for alpha in self.alpha_grid:
+            check_range("alpha_grid value", alpha, 0, 1)
+        if not (self.rewrite or self.include_original):
+            raise UlmrError("rewrite=false and include_original=false leave ULMR nothing to train on: "
+                            "set one of them to true")
+
+
+@register_method
+class UlmrUnlearner(Unlearner):
+    """ULMR: SFT on rewritten forget instructions paired with refusals, then parameter averaging."""
+
+    name = "ulmr"
+    config_class = UlmrConfig
+
+    def unlearn(self, model, tokenizer, task: UnlearningTask) -> UnlearningResult:
+        config = self.config
+        config.validate()
+        started = time.perf_counter()
+        pairs, generation_record = self._make_pairs(model, tokenizer, task)
+        generation_record["generation_time_s"] = time.perf_counter() - started
+
+        auto = config.alpha == "auto"
+        if auto:
+            held_out, train_pairs, retain, probes = self._holdout(pairs, task)
+        else:
+            held_out, train_pairs, retain, probes = set(), pairs, task.retain, None
+        retain = retain if config.retain_weight > 0 else None
+        if config.retain_weight > 0 and not retain:
+            raise UlmrError(f"{self.name}: retain_weight={config.retain_weight} but task {task.name} has no retain "
+                            "items to train on: set retain_weight=0")
+        original = full_state_dict(model) if auto or config.alpha < 1 else None
+
+        forget = [Example(answer=p.response, question=p.instruction, subject=p.subject) for p in train_pairs]
+        checkpoints, soup_steps = [], self._soup_steps(len(forget))
+
+        def snapshot(step, trained):
+            if step in soup_steps:
+                checkpoints.append(full_state_dict(trained))
+
+        model, training = train(model, tokenizer, task.template, config, self._loss, {"forget": forget}, retain,
+                                reference=retain is not None and config.retain_loss == "kl",
+                                on_step=snapshot if config.soup > 1 else None, desc=self.name)
+
+        # Step 4. The unlearned weights are the final ones or the trajectory soup; with alpha = 1 and
+        # no soup the trained model is already the result.
+        started = time.perf_counter()
+        averaging = {"alpha": 1.0, "reason": "alpha=1: no averaging", "soup_steps": sorted(soup_steps)}
+        if original is not None or checkpoints:
+            unlearned = soup(checkpoints) if checkpoints else full_state_dict(model)
+            del checkpoints[:]
+            if auto:
+                averaging.update(self._auto_alpha(model, tokenizer, task, unlearned, original, probes))
+            elif original is not None:
+                averaging.update(alpha=config.alpha, reason="alpha from the config")
+            averaged = unlearned if original is None else interpolate(unlearned, original, averaging["alpha"])
+            load_weights(model, averaged)
+        averaging["time_s"] = time.perf_counter() - started
+
+        record = {
+            "method": self.name, "task": task.name, "config": config_to_dict(config), **training.as_dict(),
+            **generation_record,
+            "pairs": {"total": len(pairs), "train": len(train_pairs), "held_out": len(held_out),
+                      "per_template": dict(Counter(p.template for p in pairs))},
+            "averaging": averaging,
+        }
+        artifacts = {"pairs": [pair_record(p, "held_out" if i in held_out else "train") for i, p in enumerate(pairs)]}
+        return UnlearningResult(model.eval(), record, artifacts)
+
+    def _make_pairs(self, model, tokenizer, task: UnlearningTask) -> tuple[list[Pair], dict]:
+        """Steps 1-2: (instruction, negative response) pairs, and what was kept and dropped."""
+        config = self.config
+        if not task.forget_questions:
+            raise UlmrError(f"task {task.name} has no forget questions: ULMR rewrites them; build the task "
+                            "with ulmr.unlearning.tasks")
+        subjects = task.subjects or recurring_names([q.question or "" for q in task.forget_questions])
+        generate = self._generator(model, tokenizer)
+        instructions = original_instructions(task.forget_questions, subjects) if config.include_original else []
+        rewrite_stats = {}
+        if config.rewrite:
+            rewrites, rewrite_stats = rewrite_questions(task.forget_questions, subjects, config.templates, config.k,
+                                                        generate, config.rewrite_fallback, config.leak_ngram)
+            instructions += rewrites
+        pairs, negative_stats = negative_responses(instructions, task.refusals, config.negatives,
+                                                   config.subject_refusal_share, config.seed, generate,
+                                                   config.leak_ngram)
+        if not pairs:
+            raise UlmrError(f"ULMR made no training pairs for task {task.name} (every candidate was dropped, "
+                            "see the leak filter): use rewriter=template or a larger k")
+        return pairs, {"subjects": subjects, "subjects_inferred": not task.subjects,
+                       "rewriting": rewrite_stats, "negatives": negative_stats}
+
+    def _auto_alpha(self, model, tokenizer, task, unlearned, original, probes) -> dict:
+        """Step 4 with alpha=auto: score the original (alpha 0) and every grid alpha on the held-out
+        probes, all in the trained model's precision, and pick by the criterion."""
+        config = self.config
+
+        def score(alpha):
+            load_weights(model, interpolate(unlearned, original, alpha))
+            return self._scores(model, tokenizer, task, probes)
+
+        original_scores = score(0.0)
+        choice = choose_alpha(config.alpha_grid, score, original_scores, config.forget_threshold,
+                              config.retain_tolerance)
+        return {"alpha": choice.alpha, "reason": choice.reason, "table": choice.table,
+                "original_scores": dict(zip(("forget", "retain"), original_scores)), "probes": probes["kinds"]}
+
+    def _generator(self, model, tokenizer) -> TextGenerator | None:
+        """The rewriter LLM, or None for the template-only rewriter (or when nothing needs an LLM)."""
+        config = self.config
+        if config.rewriter == "template" or not (config.rewrite or config.negatives != "bank"):
+            return None
+        if config.rewriter != "self":
+            from ulmr.models import load_model
+
+            model, tokenizer = load_model(config.rewriter, device=str(model.device))
+        return TextGenerator(model, tokenizer, config.rewrite_temperature, config.rewrite_max_new_tokens,
+                             config.inference_batch_size, config.seed)
+
+    def _loss(self, model, batch, reference):
+        return {"forget": answer_nll(model, batch["forget"]), **retain_term(model, batch, reference, self.config)}
+
+    def _soup_steps(self, n_pairs: int) -> set[int]:
+        """Optimizer steps whose weights go into the soup: evenly spaced, the last one included."""
+        from accelerate import PartialState
+
+        steps = planned_steps(self.config, n_pairs, PartialState().num_processes)
+        return {round(steps * (i + 1) / self.config.soup) for i in range(self.config.soup)} - {0}
+
+    def _holdout(self, pairs: list[Pair], task: UnlearningTask):
+        """Held-out pair indices, the training pairs, the retain items left for training, and the
+        probes that score alpha: held-out rewritten pairs with the TRUE answer as target, and as many
+        held-out retain items (never evaluation data). Where the questions have no answers (RWKU),
+        forget is scored on texts of the task's forget corpus, which ULMR does not train on."""
+        config = self.config
+        rng = random.Random(config.seed)
+        rewritten = [i for i, p in enumerate(pairs) if p.template != ORIGINAL] or list(range(len(pairs)))
+        n = min(config.holdout_max, max(1, round(config.holdout_fraction * len(rewritten))))
+        if n >= len(pairs):
+            raise UlmrError(f"alpha=auto would hold out all {len(pairs)} ULMR pairs: lower holdout_fraction, "
+                            "raise k, or set alpha to a number")
+        if not task.retain:
+            raise UlmrError(f"alpha=auto needs retain items and task {task.name} has none: set alpha to a number")
+        held_out = set(rng.sample(rewritten, n))
+        forget_probe = [Example(answer=pairs[i].answer, question=pairs[i].instruction)
+                        for i in sorted(held_out) if pairs[i].answer.strip()]
+        kinds = {"forget": f"true answers given {n} held-out instructions"}
+        if not forget_probe:
+            forget_probe = rng.sample(task.forget, min(n, len(task.forget)))
+            kinds["forget"] = "held-out sample of the forget corpus (the questions have no answers)"
+        retain_held = set(rng.sample(range(len(task.retain)), min(n, len(task.retain))))
+        kinds["retain"] = f"{len(retain_held)} retain items kept out of training"
+        probes = {"forget": forget_probe, "retain": [task.retain[i] for i in sorted(retain_held)], "kinds": kinds}
+        retain = [ex for i, ex in enumerate(task.retain) if i not in retain_held]
+        return held_out, [p for i, p in enumerate(pairs) if i not in held_out], retain, probes
+
+    def _scores(self, model, tokenizer, task: UnlearningTask, probes) -> tuple[float, float]:
+        """(forget, retain) mean answer probabilities on the held-out probes."""
+        return tuple(mean_answer_probability(model, tokenizer, task.template, probes[part], self.config.max_length,
+                                             self.config.inference_batch_size) for part in ("forget", "retain"))
+
+
+def mean_answer_probability(model, tokenizer, template, examples: list[Example], max_length: int,
+                            batch_size: int = 16) -> float:
+    """Mean over examples of P = exp(mean log-prob of the answer tokens + EOS given the prompt),
+    DESIGN 6's per-token-normalised probability (of every token for a plain text)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [encode_example(tokenizer, template, ex, max_length) for ex in examples]
+    was_training = model.training
+    model.eval()
+    probs = []
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            part = {k: v.to(model.device) for k, v in collate(encoded[start:start + batch_size], pad_id).items()}
+            logp, mask = token_logprobs(model, part)
+            probs += torch.exp(logp.sum(1) / mask.sum(1)).tolist()
+    model.train(was_training)
+    return sum(probs) / len(probs)
+
+
+def pair_record(pair: Pair, split: str) -> dict:
+    """One entry of artifacts["pairs"] (`ulmr-bench unlearn` saves them in artifacts.json): what was
+    trained on and where it came from; the true answer is left out."""
+    return {"instruction": pair.instruction, "response": pair.response, "template": pair.template,
+            "response_source": pair.response_source, "source_question": pair.source_question,
+            "subject": pair.subject, "split": split}
+
+
+@dataclass
+class UlmrNoRewriteConfig(UlmrConfig):
+    """ULMR without rewriting: the original forget questions only (DESIGN 4 ablation)."""
+
+    rewrite: bool = False
+
+
+@register_method
+class UlmrNoRewrite(UlmrUnlearner):
+    """Ablation: ULMR trained on the original forget questions, averaged as usual."""
+
+    name = "ulmr-norewrite"
+    config_class = UlmrNoRewriteConfig
+
+
+@dataclass
+class UlmrNoAverageConfig(UlmrConfig):
+    """ULMR without parameter averaging: alpha = 1, the fine-tuned model as is (DESIGN 4 ablation)."""
+
+    alpha: float | Literal["auto"] = 1.0
+
+
+@register_method
+class UlmrNoAverage(UlmrUnlearner):
+    """Ablation: ULMR's fine-tuned model without averaging with the original."""
+
+    name = "ulmr-noavg"
+    config_class = UlmrNoAverageConfig

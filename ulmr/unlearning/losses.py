@@ -1,0 +1,58 @@
+"""Loss pieces shared by the methods: answer-token NLL, per-sequence answer log-probs, KL to the
+reference, and the optional retain term. Every function reads only the tokens that carry labels
+(the answer tokens of a question/answer example, every token of a plain text)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ulmr.unlearning.batches import IGNORE_INDEX, Batch, Part
+
+
+def next_token_logits(model, part: Part) -> torch.Tensor:
+    """Next-token logits [batch, length - 1, vocab]: position t predicts the label at t + 1."""
+    out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], use_cache=False)
+    return out.logits[:, :-1]
+
+
+def token_logprobs(model, part: Part) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label | previous tokens) at every position (0 where unlabelled) and the mask of
+    labelled positions, both [batch, length - 1]."""
+    scores = next_token_logits(model, part).float()  # log-softmax in fp32, also under bf16 autocast
+    labels = part["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    logp = -F.cross_entropy(scores.transpose(1, 2), labels.clamp(min=0), reduction="none")
+    return logp * mask, mask
+
+
+def sequence_logprob(model, part: Part) -> torch.Tensor:
+    """log p(answer | prompt) per sequence, summed over answer tokens: [batch]."""
+    logp, _ = token_logprobs(model, part)
+    return logp.sum(dim=1)
+
+
+def answer_nll(model, part: Part) -> torch.Tensor:
+    """Mean NLL over all answer tokens of the batch (the causal-LM loss of transformers)."""
+    logp, mask = token_logprobs(model, part)
+    return -logp.sum() / mask.sum()
+
+
+def kl_to_reference(model, reference, part: Part) -> torch.Tensor:
+    """KL(p_ref || p_theta) of the next-token distributions, averaged over answer tokens."""
+    logp = F.log_softmax(next_token_logits(model, part).float(), -1)
+    with torch.no_grad():
+        ref_logp = F.log_softmax(next_token_logits(reference, part).float(), -1)
+    mask = part["labels"][:, 1:] != IGNORE_INDEX
+    kl = F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(-1)
+    return (kl * mask).sum() / mask.sum()
+
+
+def retain_term(model, batch: Batch, reference, config) -> dict[str, torch.Tensor]:
+    """{"retain": config.retain_weight * (NLL or KL-to-reference) on the retain batch}, or {} when
+    the weight is 0. Methods add it to their own terms: `{"forget": ..., **retain_term(...)}`."""
+    if config.retain_weight == 0:
+        return {}
+    part = batch["retain"]
+    term = answer_nll(model, part) if config.retain_loss == "nll" else kl_to_reference(model, reference, part)
+    return {"retain": config.retain_weight * term}

@@ -1,0 +1,343 @@
+"""The one training loop of every loss-based method (DESIGN sections 3 and 10).
+
+    model, record = train(model, tokenizer, template, config, loss_fn, forget={"forget": examples},
+                          retain=task.retain, reference=True)
+
+`loss_fn(model, batch, reference)` returns the loss, or a dict of named terms that are summed (and
+logged one by one). `batch` maps part names to tensors (see ulmr.unlearning.batches): the forget
+parts given to `train` plus "retain" when retain examples are given. The loop runs under
+`accelerate.Accelerator`, so `accelerate launch ulmr-bench unlearn ...` trains data-parallel on
+several GPUs with no code change, and on one CPU or GPU it is plain PyTorch.
+
+Methods that are one loss subclass `LossUnlearner` and implement `compute_loss` only.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import copy
+import functools
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+
+from ulmr.errors import UlmrError
+from ulmr.prompts import PromptTemplate
+from ulmr.unlearning.batches import Batch, batches_per_epoch, encode_example, micro_batches
+from ulmr.unlearning.config import check_range, config_to_dict
+from ulmr.unlearning.interface import Example, Unlearner, UnlearningResult, UnlearningTask
+
+LossFn = Callable[[Any, Batch, Any], "torch.Tensor | dict[str, torch.Tensor]"]
+
+
+class TrainingDiverged(UlmrError):
+    """The loss or the gradient norm became NaN or infinite; the model is unusable."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+@dataclass
+class TrainingConfig:
+    """Hyperparameters of the shared loop; every method's config extends this one.
+
+    Defaults follow TOFU (Maini et al., 2024) and open-unlearning's TOFU settings (both train
+    Llama-2-7B / Phi-1.5 with the transformers Trainer), with the batch shrunk for a 40-item
+    forget01 on a small model.
+
+    lr: peak AdamW learning rate (TOFU, open-unlearning: 1e-5).
+    epochs: passes over the forget items (TOFU: 5; open-unlearning: 10).
+    max_steps: optimizer steps to run instead of `epochs` (None: derive from epochs).
+    batch_size: forget items per micro-batch, per process (open-unlearning: 4); a retain batch of
+        the same size joins each one when the method has a retain term.
+    grad_accum: micro-batches per optimizer step (open-unlearning: 4; effective batch 16 on one device).
+    warmup_ratio: share of the steps with a linear learning-rate warm-up, then linear decay
+        (TOFU warms up for one epoch of five: 0.2).
+    weight_decay: AdamW decay of the matrices (TOFU, open-unlearning: 0.01); biases and norms get none.
+    max_grad_norm: gradient-norm clipping (the Trainer's default 1.0); 0 turns clipping off.
+    seed: seeds data order, refusal choice, LoRA init and dropout: the same seed repeats a run exactly.
+    dtype: compute precision. "auto": bf16 where the hardware has bf16 units (ulmr.hardware), else
+        fp32; "bf16": torch.autocast to bf16 (weights and optimizer state stay fp32); "fp32".
+    lora: train LoRA adapters (PEFT) instead of all weights; merged into the model at the end.
+    lora_r, lora_alpha, lora_dropout: LoRA rank, scale and dropout (TOFU's LoRA runs: 8, 32, 0.05).
+    lora_target_modules: module names to adapt (None: every linear layer but the output head).
+    retain_weight: weight of the retain term of methods that have one (0: no retain batches).
+    retain_loss: "nll" on retain answers, or "kl" to the frozen reference model on them.
+    max_length: tokens per sequence; longer ones are cut from the right (TOFU: 500).
+    """
+
+    lr: float = 1e-5
+    epochs: int = 5
+    max_steps: int | None = None
+    batch_size: int = 4
+    grad_accum: int = 4
+    warmup_ratio: float = 0.2
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None
+    retain_weight: float = 0.0
+    retain_loss: Literal["nll", "kl"] = "nll"
+    max_length: int = 512
+
+    def validate(self) -> None:
+        check_range("lr", self.lr, 0, low_open=True)
+        check_range("epochs", self.epochs, 1)
+        if self.max_steps is not None:
+            check_range("max_steps", self.max_steps, 1)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("grad_accum", self.grad_accum, 1)
+        check_range("warmup_ratio", self.warmup_ratio, 0, 1)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_range("max_grad_norm", self.max_grad_norm, 0)
+        check_range("lora_r", self.lora_r, 1)
+        check_range("lora_alpha", self.lora_alpha, 0, low_open=True)
+        check_range("lora_dropout", self.lora_dropout, 0, 1)
+        check_range("retain_weight", self.retain_weight, 0)
+        check_range("max_length", self.max_length, 2)
+
+
+@dataclass
+class TrainingRecord:
+    """What a run did. Losses are per optimizer step, on the main process."""
+
+    steps: int
+    epochs: float
+    losses: list[float]
+    loss_terms: dict[str, list[float]]
+    time_s: float
+    tokens: int  # non-padding tokens through the trained model, all processes
+    tokens_per_s: float
+    peak_memory_bytes: int  # GPU: peak allocated; CPU: peak resident memory of the process
+    device: str
+    compute_dtype: str
+    trainable_params: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, loss_fn: LossFn,
+          forget: dict[str, list[Example]], retain: list[Example] | None = None, *,
+          reference: bool = False, on_step: Callable[[int, Any], None] | None = None,
+          desc: str = "training"):
+    """Train `model` on `loss_fn` and return (trained model, TrainingRecord).
+
+    forget: named, aligned example lists (same length), batched together index by index; one pass
+        over them is an epoch.
+    retain: examples sampled to give every forget micro-batch a "retain" part of the same size.
+    reference: pass a frozen copy of the model as it is now (eval mode, no gradients) to loss_fn;
+        else loss_fn gets None.
+    on_step(step, model): called on every process after each optimizer step (e.g. to snapshot
+        `full_state_dict(model)` for trajectory averaging); under LoRA `model` is the PEFT model.
+
+    The returned model is the input model trained in place (fp32 weights), or with lora=True the
+    same model with the adapters merged in. Raises TrainingDiverged on a NaN/inf loss or gradient.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from ulmr.hardware import peak_rss_bytes, resolve_dtype
+
+    config.validate()
+    accelerator = Accelerator()
+    device = accelerator.device
+    set_seed(config.seed)
+    _check_parts(forget)
+    # Tokenise each example once, when first drawn (a retain corpus can be large); the forget parts
+    # now, so that an example that does not fit max_length fails before training starts.
+    encode = functools.cache(functools.partial(encode_example, tokenizer, template,
+                                               max_length=config.max_length))
+    for examples in forget.values():
+        for example in examples:
+            encode(example)
+
+    model.float()  # fp32 master weights; bf16 is compute precision only (autocast)
+    frozen = _frozen_copy(model).to(device) if reference else None
+    if config.lora:
+        model = _with_lora(model, config)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        # Decay matrices only, as the transformers Trainer does (no decay of biases and norms).
+        [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
+         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}], lr=config.lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    n_items = len(next(iter(forget.values())))
+    per_epoch = batches_per_epoch(n_items, config.batch_size, accelerator.num_processes)
+    total_steps = planned_steps(config, n_items, accelerator.num_processes)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_then_linear_decay(total_steps, round(config.warmup_ratio * total_steps)))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stream = micro_batches(forget, retain, encode, config.batch_size, config.seed, pad_id,
+                           accelerator.process_index, accelerator.num_processes)
+    compute_dtype = resolve_dtype(config.dtype, device.type)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == torch.bfloat16)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    losses: list[float] = []
+    loss_terms: dict[str, list[float]] = {}
+    tokens = 0
+    bar = tqdm(total=total_steps, desc=desc, disable=None if accelerator.is_main_process else True)
+    start = time.perf_counter()
+    for step in range(1, total_steps + 1):
+        step_terms: dict[str, float] = {}
+        for micro in range(config.grad_accum):
+            batch = {name: {k: v.to(device) for k, v in part.items()} for name, part in next(stream).items()}
+            tokens += sum(int(part["attention_mask"].sum()) for part in batch.values())
+            # Gradients are all-reduced across processes only on the last micro-batch of a step.
+            last = micro == config.grad_accum - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                with autocast:
+                    terms = _as_terms(loss_fn(model, batch, frozen))
+                    loss = sum(terms.values())
+                _check_finite(loss, "the loss", step, total_steps, config, terms)
+                accelerator.backward(loss / config.grad_accum)
+            for name, value in terms.items():
+                step_terms[name] = step_terms.get(name, 0.0) + value.item() / config.grad_accum
+        if config.max_grad_norm > 0:
+            norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+            _check_finite(norm, "the gradient norm", step, total_steps, config, {})
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        losses.append(sum(step_terms.values()))
+        for name, value in step_terms.items():
+            loss_terms.setdefault(name, []).append(value)
+        bar.set_postfix({name: f"{value:.4g}" for name, value in step_terms.items()}, refresh=False)
+        bar.update()
+        if on_step is not None:
+            on_step(step, accelerator.unwrap_model(model))
+    elapsed = time.perf_counter() - start
+    bar.close()
+
+    tokens = int(accelerator.reduce(torch.tensor(tokens, device=device), "sum"))
+    model = accelerator.unwrap_model(model)
+    if config.lora:
+        model = model.merge_and_unload()
+    accelerator.free_memory()
+    record = TrainingRecord(
+        steps=total_steps, epochs=total_steps * config.grad_accum / per_epoch, losses=losses,
+        loss_terms=loss_terms if set(loss_terms) != {"loss"} else {}, time_s=elapsed, tokens=tokens,
+        tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
+        peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes(),
+        device=str(device), compute_dtype=str(compute_dtype).removeprefix("torch."),
+        trainable_params=sum(p.numel() for p in trainable))
+    return model.eval(), record
+
+
+def planned_steps(config: TrainingConfig, n_items: int, num_processes: int = 1) -> int:
+    """Optimizer steps `train` runs on n_items forget items: max_steps, else the epochs' micro-batches
+    over grad_accum (for callers that act at chosen steps, e.g. ULMR's trajectory soup)."""
+    per_epoch = batches_per_epoch(n_items, config.batch_size, num_processes)
+    return config.max_steps or math.ceil(config.epochs * per_epoch / config.grad_accum)
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """An fp32 CPU copy of the full weights under the plain model's names, LoRA deltas added in,
+    without changing the model (for trajectory snapshots and parameter averaging)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(model, PeftModel):
+        return {name: value.detach().float().cpu().clone() for name, value in model.state_dict().items()}
+    base = model.get_base_model()
+    weights = {name.replace(".base_layer.", "."): value.detach().float().cpu().clone()
+               for name, value in base.state_dict().items() if "lora_" not in name}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.active_adapters:
+                weights[f"{name}.weight"] += module.get_delta_weight(adapter).detach().float().cpu()
+    return weights
+
+
+class LossUnlearner(Unlearner):
+    """Base of the methods that are one loss on forget/retain batches.
+
+    A subclass sets `name` and `config_class` (a TrainingConfig subclass), implements
+    `compute_loss`, and may set `needs_reference` (a frozen copy of the model before unlearning is
+    passed to compute_loss) and override `forget_parts` (which examples form the forget side).
+    """
+
+    config_class: ClassVar[type] = TrainingConfig
+    needs_reference: ClassVar[bool] = False
+
+    def forget_parts(self, task: UnlearningTask) -> dict[str, list[Example]]:
+        """Named, aligned example lists batched together as the forget side (default: the task's
+        forget corpus as "forget")."""
+        return {"forget": task.forget}
+
+    @abc.abstractmethod
+    def compute_loss(self, model, batch: Batch, reference) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The loss to minimise on one micro-batch, or a dict of named terms to sum."""
+
+    def unlearn(self, model, tokenizer, task: UnlearningTask) -> UnlearningResult:
+        config = self.config
+        retain = task.retain if config.retain_weight > 0 else None
+        if retain is not None and not retain:
+            raise UlmrError(f"{self.name}: retain_weight={config.retain_weight} but task {task.name} has no "
+                            "retain items: set retain_weight=0")
+        reference = self.needs_reference or (retain is not None and config.retain_loss == "kl")
+        model, record = train(model, tokenizer, task.template, config, self.compute_loss,
+                              self.forget_parts(task), retain, reference=reference, desc=self.name)
+        return UnlearningResult(model, {"method": self.name, "task": task.name,
+                                        "config": config_to_dict(config), **record.as_dict()})
+
+
+def _check_parts(forget: dict[str, list[Example]]) -> None:
+    sizes = {name: len(examples) for name, examples in forget.items()}
+    if not sizes or not all(sizes.values()) or len(set(sizes.values())) != 1:
+        raise UlmrError(f"forget parts must be non-empty lists of equal length, got sizes {sizes}: "
+                        "check the task's forget examples")
+    if "retain" in forget:
+        raise UlmrError("'retain' is reserved for the retain examples: name the forget part differently")
+
+
+def _frozen_copy(model):
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+def _with_lora(model, config: TrainingConfig):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules or "all-linear", task_type="CAUSAL_LM"))
+
+
+def _warmup_then_linear_decay(total: int, warmup: int) -> Callable[[int], float]:
+    """Learning-rate factor for optimizer step `step` (0-based); never 0, so no step is wasted."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return (total - step) / (total - warmup)
+    return factor
+
+
+def _as_terms(loss) -> dict[str, torch.Tensor]:
+    return loss if isinstance(loss, dict) else {"loss": loss}
+
+
+def _check_finite(value: torch.Tensor, what: str, step: int, total: int, config: TrainingConfig,
+                  terms: dict[str, torch.Tensor]) -> None:
+    if not torch.isfinite(value):
+        parts = ", ".join(f"{name}={v.item():.4g}" for name, v in terms.items())
+        raise TrainingDiverged(
+            f"training diverged at step {step}/{total}: {what} is {value.item()}"
+            f"{f' ({parts})' if len(terms) > 1 else ''}; lower lr (now {config.lr:g}) or max_steps", step)
