@@ -13,7 +13,8 @@ exec > >(tee "$OUT/gpu_check.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -m pip install -q --no-deps --no-index .device/wheels/*.whl
 python3 -c "import datasets" 2>/dev/null || python3 -m pip install -q --no-deps --no-index .device/fallback/*.whl
-export PYTHONPATH=$PWD ULMR_DATA_DIR=$PWD/.device/data ULMR_CACHE=/tmp/ulmr-cache
+python3 -m pip install -q --no-deps --no-build-isolation -e .  # registers the baselines' entry point
+export ULMR_DATA_DIR=$PWD/.device/data ULMR_CACHE=/tmp/ulmr-cache
 python3 -c "import torch, transformers, lm_eval, datasets; print('torch', torch.__version__, 'transformers', transformers.__version__, 'lm_eval', lm_eval.__version__, 'datasets', datasets.__version__)"
 python3 - <<'PY'
 import shutil, torch

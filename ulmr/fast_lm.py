@@ -209,6 +209,9 @@ class FastLM(TemplateLM):
         alive = list(range(len(prompts)))  # original row of each row still in the batch
         cache = None
         step_ids, step_positions = input_ids, positions
+        # the end-of-sequence text is caught by its token id; only other stop strings need decoding
+        eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
+        stop_texts = [t for t in until if t and t != eos_text]
         with torch.autocast(device_type=device.type, dtype=self.compute_dtype,
                             enabled=self.compute_dtype != torch.float32):
             for _ in range(max_new):
@@ -217,12 +220,11 @@ class FastLM(TemplateLM):
                 cache = out[self.cache_arg]
                 next_ids = out.logits[:, -1].argmax(-1)
                 keep = []
-                for k, row in enumerate(alive):
-                    token = int(next_ids[k])
+                for k, (row, token) in enumerate(zip(alive, next_ids.tolist())):  # one device sync a step
                     generated[row].append(token)
                     if token in self.stop_ids or len(generated[row]) >= max_new:
                         continue
-                    if until and any(t in self.tok_decode(generated[row]) for t in until if t):
+                    if stop_texts and any(t in self.tok_decode(generated[row]) for t in stop_texts):
                         continue
                     keep.append(k)
                 if not keep:

@@ -64,7 +64,8 @@ class TrainingConfig:
     dtype: compute precision. "auto": bf16 where the hardware has bf16 units (ulmr.hardware), else
         fp32; "bf16": torch.autocast to bf16 (weights and optimizer state stay fp32); "fp32".
     lora: train LoRA adapters (PEFT) instead of all weights; merged into the model at the end.
-    lora_r, lora_alpha, lora_dropout: LoRA rank, scale and dropout (TOFU's LoRA runs: 8, 32, 0.05).
+    lora_r, lora_alpha, lora_dropout: LoRA rank, scale and dropout (alpha 32 and dropout 0.05 as in
+        TOFU's config; rank 8, PEFT's default).
     lora_target_modules: module names to adapt (None: every linear layer but the output head).
     retain_weight: weight of the retain term of methods that have one (0: no retain batches).
     retain_loss: "nll" on retain answers, or "kl" to the frozen reference model on them.
