@@ -74,3 +74,13 @@ def test_results_record_slice_and_template(tiny_results):
     assert result["eval"]["template"] == {"prompt_template": "chat"}
     assert result["eval"]["n_docs"]["tofu_forget01_forget_prob"] == 2
     assert len(result["per_question"]["forget_truth_ratio"]) == 2
+
+
+def test_vllm_and_hf_model_arguments():
+    from ulmr.evaluation import lm_eval_model_args
+
+    vllm = lm_eval_model_args("/models/x", EvalSettings(backend="vllm", dtype="bf16", device="cuda"))
+    assert vllm["pretrained"] == "/models/x" and vllm["dtype"] == "bfloat16"
+    assert {"gpu_memory_utilization", "max_model_len", "seed"} <= set(vllm)
+    hf = lm_eval_model_args("/models/x", EvalSettings(backend="hf", dtype="fp32", device="cpu"))
+    assert hf == {"pretrained": "/models/x", "dtype": "float32", "device": "cpu"}

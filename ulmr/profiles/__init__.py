@@ -21,43 +21,46 @@ PROFILES = tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
 
 
 @dataclass
-class TofuPlan:
-    """TOFU: which split to forget, what the target/retain models are fine-tuned on, how to score.
+class BenchmarkPlan:
+    """What both benchmarks' plans have.
+
+    max_train_items: cap on each kind of preparation training material (smoke runs).
+    prepare: TrainingConfig overrides of the preparation fine-tuning.
+    eval: EvalSettings overrides (limit, batch_size, max_gen_toks, dtype, ...).
+    """
+
+    max_train_items: int | None = None
+    prepare: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TofuPlan(BenchmarkPlan):
+    """TOFU: which split to forget, what the target/retain models are fine-tuned on, the gate.
 
     train_set: "full" (TOFU's protocol: target on full.json, retain model on the retain split) or
         "forget_plus_retain_eval" (the forget authors plus the authors retain_perturbed covers:
         the smallest set on which every TOFU metric is meaningful).
-    max_train_items: cap on the forget rows and on the retain rows of the training set (smoke runs).
-    prepare: TrainingConfig overrides of the fine-tuning that makes the target and retain models.
-    eval: EvalSettings overrides (limit, batch_size, max_gen_toks, dtype, ...).
     gate_min_rouge_gain: the target model's forget ROUGE-L recall must beat the base model's by at
         least this much, or the run stops (None: no gate).
     """
 
     split: str = "forget01"
     train_set: str = "forget_plus_retain_eval"
-    max_train_items: int | None = None
-    prepare: dict[str, Any] = field(default_factory=dict)
-    eval: dict[str, Any] = field(default_factory=dict)
     gate_min_rouge_gain: float | None = 0.1
 
 
 @dataclass
-class RwkuPlan:
-    """RWKU: which targets, whether to inject their knowledge first, how to score.
+class RwkuPlan(BenchmarkPlan):
+    """RWKU: which targets, whether to inject their knowledge first, the gate.
 
     inject: "auto" (inject when the base model's forget All is below gate_min_forget_all), true, false.
-    max_train_items: cap on each kind of injection material (smoke runs).
-    prepare: TrainingConfig overrides of the injection fine-tuning.
     gate_min_forget_all: the "before" model's forget All ROUGE-L recall must reach this, or the run
         stops (None: no gate).
     """
 
     targets: str = "1"
     inject: bool | str = "auto"
-    max_train_items: int | None = None
-    prepare: dict[str, Any] = field(default_factory=dict)
-    eval: dict[str, Any] = field(default_factory=dict)
     gate_min_forget_all: float | None = 0.2
 
 
