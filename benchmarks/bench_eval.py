@@ -10,28 +10,8 @@ the compute dtype), then totals and the process's peak memory. A benchmark, not 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
-
-import torch
-
-
-def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
-    """Measured dense matmul rate: the floor's denominator."""
-    from ulmr.hardware import default_device
-
-    device = default_device()
-    size = size * 8 if device == "cuda" else size
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
-    a @ b
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def main():
@@ -50,12 +30,13 @@ def main():
 
     from lm_eval_tasks import TASKS_PATH
     from ulmr.fast_lm import FastLM
-    from ulmr.hardware import default_device, peak_rss_bytes, resolve_dtype
+    from ulmr.hardware import default_device, matmul_flops, peak_rss_bytes, resolve_dtype
     from ulmr.models import resolve_model
 
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task custom-dataset warnings
     path = resolve_model(args.model)
     dtype = resolve_dtype(args.dtype)
-    rate = matmul_gflops(dtype)
+    rate = matmul_flops(dtype) / 1e9
     if args.backend == "fast":
         lm = FastLM(pretrained=path, dtype=args.dtype, batch_size=args.batch_size)
     else:
