@@ -1,6 +1,8 @@
-"""Evaluation throughput of the embedded model on the TOFU forget01 suite, subset by subset.
+"""Evaluation throughput of the embedded model, task by task: the TOFU forget01 suite, or RWKU's
+task families for one target (all forget, neighbor and MIA probes; utility sliced by --limit).
 
     python benchmarks/bench_eval.py --data-dir ../shared/data [--limit N] [--backend fast|hf]
+    python benchmarks/bench_eval.py --data-dir ../shared/data --benchmark rwku --targets 1 --limit 10
 
 Prints, per task: docs, tokens through the model, answer tokens scored, tokens generated, seconds,
 tokens/s, and the FLOP floor (2 x parameters x tokens over this machine's measured matmul rate in
@@ -18,7 +20,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--benchmark", choices=["tofu", "rwku"], default="tofu")
     parser.add_argument("--split", default="forget01")
+    parser.add_argument("--targets", default="1")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtype", default="auto")
@@ -45,12 +49,17 @@ def main():
         lm = HFLM(pretrained=path, dtype=str(dtype).removeprefix("torch."), device=default_device(),
                   batch_size=args.batch_size)
     n_params = sum(p.numel() for p in lm.model.parameters())
-    metadata = {"tokenizer": path, "prompt_template": "chat"}
+    metadata = {"tokenizer": path, "prompt_template": "chat", "targets": args.targets}
     if args.data_dir:
         metadata["data_dir"] = args.data_dir
-    manager = TaskManager(include_path=str(TASKS_PATH), metadata=metadata)
-    tasks = [f"tofu_{args.split}_forget_prob", f"tofu_{args.split}_forget_rouge"] + [
-        f"tofu_{s}_{m}" for s in ("retain", "real_authors", "world_facts") for m in ("prob", "rouge")]
+    manager = TaskManager(include_path=str(TASKS_PATH), include_defaults=False, metadata=metadata)
+    if args.benchmark == "tofu":
+        tasks = {f"tofu_{args.split}_forget_{m}": args.limit for m in ("prob", "rouge")}
+        tasks.update({f"tofu_{s}_{m}": args.limit for s in ("retain", "real_authors", "world_facts")
+                      for m in ("prob", "rouge")})
+    else:  # every probe of the target; the utility sets are sliced
+        tasks = {"rwku_forget": None, "rwku_neighbor": None, "rwku_mia": None}
+        tasks.update({f"rwku_utility_{u}": args.limit for u in ("gen", "rea", "tru", "fac", "flu")})
 
     print(f"model {args.model} ({n_params / 1e6:.1f}M params), {dtype}, backend {args.backend}, "
           f"batch {args.batch_size}, matmul {rate:.0f} GFLOP/s, limit {args.limit}")
@@ -58,16 +67,16 @@ def main():
     print(header)
     print("-" * len(header))
     totals = dict(docs=0, fwd=0, scored=0, gen=0, sec=0.0)
-    for task in tasks:
+    for task, limit in tasks.items():
         before = dict(getattr(lm, "counters", {}))
         start = time.perf_counter()
-        out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=args.limit,
-                                      batch_size=args.batch_size, verbosity="ERROR")
+        out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=limit,
+                                      batch_size=args.batch_size)
         seconds = time.perf_counter() - start
         after = getattr(lm, "counters", {})
         fwd, scored, gen = (after.get(k, 0) - before.get(k, 0)
                             for k in ("forward_tokens", "scored_tokens", "generated_tokens"))
-        docs = out["n-samples"][task]["effective"]
+        docs = sum(n["effective"] for n in out["n-samples"].values())
         floor = 2 * n_params * fwd / (rate * 1e9)
         print(f"{task:<28}{docs:>6}{fwd:>10}{scored:>9}{gen:>8}{seconds:>8.1f}{fwd / seconds:>8.0f}{floor:>9.1f}")
         for key, value in zip(("docs", "fwd", "scored", "gen", "sec"), (docs, fwd, scored, gen, seconds)):
