@@ -192,7 +192,7 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     losses: list[float] = []
     loss_terms: dict[str, list[float]] = {}
     tokens = 0
-    bar = tqdm(total=total_steps, desc=desc, disable=None if accelerator.is_main_process else True)
+    bar = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_main_process)  # shown in logs too
     start = time.perf_counter()
     for step in range(1, total_steps + 1):
         step_terms: dict[str, float] = {}
