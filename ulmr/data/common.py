@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from ulmr.errors import UlmrError
+from ulmr.errors import UlmrError, first_line
 
 DATA_DIR_ENV = "ULMR_DATA_DIR"
 
@@ -78,7 +78,7 @@ def load_hub_rows(repo: str, config: str, split: str = "train") -> list[dict[str
         return [dict(row) for row in datasets.load_dataset(repo, config, split=split)]
     except Exception as exc:  # noqa: BLE001  (network/hub failures become one line)
         raise UlmrError(f"could not load {repo} config {config!r} from the hub "
-                        f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); "
+                        f"({first_line(exc, limit=160)}); "
                         f"pass --data-dir (or set {DATA_DIR_ENV}) to a local copy") from exc
 
 
