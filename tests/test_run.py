@@ -93,3 +93,16 @@ def test_profiles_load_and_document_their_budgets():
     quick = load_profile("quick")
     assert quick.model == "smollm2-135m" and quick.methods == ["ulmr", "ga", "npo"]
     assert load_profile("quick", {"tofu.eval.limit": 5}).tofu.eval["limit"] == 5
+
+
+def test_method_overrides_layer_profile_then_benchmark():
+    from baselines.ga import GAConfig
+    from ulmr.ulmr_method.method import UlmrConfig
+
+    profile = load_profile("smoke", {
+        "method_overrides": {"all": {"lr": 1e-4, "k": 3}, "ga": {"epochs": 2}},
+        "rwku.method_overrides": {"all": {"lr": 2e-4}, "ulmr": {"k": 1}}})
+    assert profile.method_config_overrides("ga", GAConfig, "tofu") == {"lr": 1e-4, "epochs": 2}
+    assert profile.method_config_overrides("ga", GAConfig, "rwku") == {"lr": 2e-4, "epochs": 2}
+    assert profile.method_config_overrides("ulmr", UlmrConfig, "rwku")["k"] == 1  # "all"'s k is ULMR's too
+    assert profile.method_config_overrides("ulmr", UlmrConfig, "tofu")["k"] == 3

@@ -211,3 +211,19 @@ def test_plain_lm_eval_and_evaluate_agree_on_smollm2(data_dir):
     for key, value in lm_eval_metrics.items():
         assert ours["metrics"][key] == (None if value is None else pytest.approx(value, rel=1e-3, abs=1e-4)), \
             (key, ours["metrics"][key], value)
+
+
+def test_per_task_limits_slice_only_the_named_tasks(tiny_path, data_dir):
+    from ulmr.errors import UlmrError
+    from ulmr.evaluation import EvalSettings, evaluate
+
+    settings = EvalSettings(benchmark="rwku", selection="1", data_dir=str(data_dir), limit=2,
+                            limits={"rwku_utility": 1}, tasks=["rwku_forget", "rwku_utility"],
+                            max_gen_toks=2, backend="hf", dtype="fp32", device="cpu", batch_size=8)
+    result = evaluate(tiny_path, settings)
+    n_docs = result["eval"]["n_docs"]
+    assert {n_docs[f"rwku_forget_{level}"] for level in ("fb", "qa", "aa")} == {2}
+    assert {n for task, n in n_docs.items() if task.startswith("rwku_utility")} == {1}
+    assert result["eval"]["limits"] == {"rwku_utility": 1}
+    with pytest.raises(UlmrError, match="eval limits name rwku_utilty, not among"):
+        evaluate(tiny_path, EvalSettings(benchmark="rwku", data_dir=str(data_dir), limits={"rwku_utilty": 1}))

@@ -98,6 +98,13 @@ def test_noavg_preset_is_ulmr_at_alpha_one(knowing, tiny_path, knowing_weights):
         assert torch.allclose(tensor, 0.5 * unaveraged[name] + 0.5 * knowing_weights[name], atol=1e-6), name
 
 
+def test_max_questions_rewrites_only_the_first_questions(knowing):
+    model, tokenizer = knowing
+    pairs = run("ulmr", model, tokenizer, alpha=1.0, max_steps=1, max_questions=2).artifacts["pairs"]
+    assert {p["source_question"] for p in pairs} == {ex.question for ex in FORGET[:2]}
+    assert len(pairs) == 2 + 2 * 2
+
+
 def test_soup_records_its_trajectory_steps(knowing):
     model, tokenizer = knowing
     result = run("ulmr", model, tokenizer, alpha=1.0, soup=3, max_steps=6)
@@ -110,6 +117,7 @@ def test_soup_records_its_trajectory_steps(knowing):
     ({"templates": ["paraphrase", "poetry"]}, r"unknown ULMR rewrite templates \['poetry'\]"),
     ({"negatives": "invented"}, r"negatives.* got 'invented'"),
     ({"rewrite": False, "include_original": False}, r"nothing to train on"),
+    ({"max_questions": 0}, r"max_questions=0 is out of range"),
 ])
 def test_bad_config_values_fail_in_one_line(overrides, message):
     with pytest.raises(UlmrError, match=message):

@@ -30,6 +30,9 @@ class EvalSettings:
     template: PromptTemplate = field(default_factory=PromptTemplate)
     batch_size: int = 16
     limit: int | None = None  # first N docs of every task (a slice; recorded in the results)
+    # per-task exceptions to `limit`, by a name in `tasks` (e.g. {"rwku_utility": 10} slices only
+    # the utility sets while every forget probe is scored); None = every doc of that task
+    limits: dict[str, int | None] = field(default_factory=dict)
     dtype: str = "auto"
     device: str | None = None
     # "fast": our prefix-sharing transformers model (ulmr/fast_lm.py, same numbers as "hf");
@@ -105,11 +108,15 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
             from lm_eval.api.registry import get_model
 
             lm = get_model(lm).create_from_arg_obj(model_args, {"batch_size": settings.batch_size})
-        out = lm_eval.simple_evaluate(model=lm, model_args=model_args, tasks=tasks,
-                                      task_manager=task_manager, batch_size=settings.batch_size,
-                                      limit=settings.limit, log_samples=True, gen_kwargs=gen_kwargs,
-                                      random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-                                      fewshot_random_seed=0)
+        out = {"results": {}, "samples": {}}
+        for limit, some_tasks in _tasks_by_limit(tasks, settings):  # lm-eval takes one limit a call
+            part = lm_eval.simple_evaluate(model=lm, model_args=model_args, tasks=some_tasks,
+                                           task_manager=task_manager, batch_size=settings.batch_size,
+                                           limit=limit, log_samples=True, gen_kwargs=gen_kwargs,
+                                           random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                                           fewshot_random_seed=0)
+            out["results"].update(part["results"])
+            out["samples"].update(part.get("samples", {}))
     except UlmrError:
         raise
     except Exception as exc:  # noqa: BLE001  (a failure deep in lm-eval becomes one line)
@@ -118,7 +125,7 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
             raise cause
         raise UlmrError(f"evaluation of {model_label or model} on {settings.benchmark} failed: "
                         f"{type(cause).__name__}: {first_line(cause, limit=None)}") from exc
-    samples = out.get("samples", {})
+    samples = out["samples"]
     metrics, per_question = bench.summarize(out["results"], samples)
     metrics.update(bench.model_metrics(lm, samples))
     result = {
@@ -128,7 +135,7 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
         "model": model_label or (model if isinstance(model, str) else tokenizer_name),
         "metrics": metrics,
         "per_question": per_question,
-        "eval": {"tasks": tasks, "limit": settings.limit, "template": settings.template.as_options(),
+        "eval": {"tasks": tasks, "limit": settings.limit, "limits": settings.limits, "template": settings.template.as_options(),
                  "batch_size": settings.batch_size, "backend": settings.backend, "dtype": settings.dtype,
                  "max_gen_toks": settings.max_gen_toks, "n_docs": {t: len(s) for t, s in samples.items()},
                  **bench.scored_selection(samples)},
@@ -140,6 +147,17 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
         write_samples(samples_path, samples)
         result["samples_file"] = Path(samples_path).name
     return result
+
+
+def _tasks_by_limit(tasks: list[str], settings: EvalSettings) -> list[tuple[int | None, list[str]]]:
+    unknown = sorted(set(settings.limits) - set(tasks))
+    if unknown:
+        raise UlmrError(f"eval limits name {', '.join(unknown)}, not among the evaluated tasks "
+                        f"({', '.join(tasks)}): key limits by those names")
+    by_limit: dict[int | None, list[str]] = {}
+    for task in tasks:
+        by_limit.setdefault(settings.limits.get(task, settings.limit), []).append(task)
+    return list(by_limit.items())
 
 
 def write_samples(path: str | Path, samples: dict[str, list]) -> None:

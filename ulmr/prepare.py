@@ -23,7 +23,7 @@ from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
 from ulmr.unlearning.interface import Example
 
-PREPARE_VERSION = 1  # bump when the recipe code changes what a cached checkpoint contains
+PREPARE_VERSION = 2  # bump when the recipe code changes what a cached checkpoint contains
 
 # RWKU's probe instructions (ulmr/lm_eval_tasks/rwku): injection material uses the same forms so the
 # probes can reach what was taught.
@@ -77,14 +77,17 @@ def prepare_tofu(base: str, template: PromptTemplate, plan, seed: int, data_dir=
 
 
 def rwku_injection_examples(targets: str, data_dir=None, max_items: int | None = None,
-                            mix_with_tofu: int = 200) -> list[Example]:
+                            n_passages: int | None = None, mix_with_tofu: int = 100) -> list[Example]:
     """Material that teaches the targets' knowledge in the probes' forms, never from the probes.
 
-    - fill-in-the-blank from the targets' Wikipedia passages: a sentence with one span (a year or
-      number, else a capitalised name that is not the target's) blanked, answered by the span;
-    - "Who is <target>?" answered by the target's intro, and questions naming the target answered
-      with passage sentences;
-    - the passages and synthetic biographies as plain text;
+    Built from each target's first `n_passages` Wikipedia passages (None: all; the first ones are
+    the article's lead, where most facts the probes ask about are stated):
+    - the passages as plain text: the facts themselves, every token trained;
+    - fill-in-the-blank in RWKU's FB form, per sentence: one span blanked (a year or number, else a
+      capitalised name) and, in sentences naming the target in full, the name blanked, so the
+      facts are reachable from both sides ("Who wrote Carrie?");
+    - "Who is <target>?" answered by the target's intro, and "What do you know about <target>?"
+      answered with each passage sentence that names the target;
     - TOFU question-answer pairs about fictitious authors, so the model keeps answering questions
       (trained on passages alone it learns to answer probes with nothing).
     """
@@ -93,25 +96,22 @@ def rwku_injection_examples(targets: str, data_dir=None, max_items: int | None =
 
     examples: list[Example] = []
     for target in resolve_targets(targets, data_dir):
-        passages = [row["text"] for row in load_target_file(target, "passage", data_dir)]
+        passages = [row["text"] for row in load_target_file(target, "passage", data_dir)][:n_passages]
+        surname = target.name.split()[-1]
         blanks, answers = [], []
-        for passage in passages:
-            for sentence in _sentences(passage):
-                blanked = _blank_one_span(sentence, target.name)
-                if blanked is not None:
-                    query, span = blanked
-                    blanks.append(Example(answer=f"Answer: {span}", subject=target.name,
-                                          question=RWKU_FB_INSTRUCTION.format(query=query)))
-                if target.name.split()[-1] in sentence:
-                    answers.append(Example(answer=f"Answer: {sentence}", subject=target.name,
-                                           question=RWKU_QA_INSTRUCTION.format(
-                                               query=f"What do you know about {target.name}?")))
+        for sentence in (s for passage in passages for s in _sentences(passage)):
+            spans = [_blank_one_span(sentence, target.name), _blank_target(sentence, target.name)]
+            if surname in sentence:
+                answers.append(Example(answer=f"Answer: {sentence}", subject=target.name,
+                                       question=RWKU_QA_INSTRUCTION.format(
+                                           query=f"What do you know about {target.name}?")))
+            blanks += [Example(answer=f"Answer: {span}", subject=target.name,
+                               question=RWKU_FB_INSTRUCTION.format(query=query))
+                       for query, span in filter(None, spans)]
         intro = target.intro.removeprefix(f"Please forget {target.name}. ").strip()
         who = [Example(answer=f"Answer: {intro}", subject=target.name,
                        question=RWKU_QA_INSTRUCTION.format(query=f"Who is {target.name}?"))]
         texts = [Example(answer=p, subject=target.name) for p in passages]
-        texts += [Example(answer=row["text"], subject=target.name)
-                  for row in load_target_file(target, "positive", data_dir)]
         for group in (blanks, answers, who, texts):
             examples += group[:max_items]
     tofu = load_tofu("retain90", data_dir)[:mix_with_tofu if max_items is None else min(max_items, mix_with_tofu)]
@@ -120,7 +120,7 @@ def rwku_injection_examples(targets: str, data_dir=None, max_items: int | None =
 
 
 def prepare_rwku(base: str, template: PromptTemplate, plan, seed: int, data_dir=None) -> PreparedModel:
-    examples = rwku_injection_examples(plan.targets, data_dir, plan.max_train_items)
+    examples = rwku_injection_examples(plan.targets, data_dir, plan.max_train_items, plan.inject_passages)
     return _fine_tuned(base, template, examples, plan.prepare, seed, f"rwku-inject-{plan.targets}")
 
 
@@ -170,6 +170,15 @@ def _weights_fingerprint(model_path: str) -> str:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def _blank_target(sentence: str, target_name: str) -> tuple[str, str] | None:
+    """The sentence with the target's name blanked (also with middle names: "Stephen Edwin King")."""
+    first, last = re.escape(target_name.split()[0]), re.escape(target_name.split()[-1])
+    match = re.search(rf"\b{first}(?: [A-Z][a-z]+\.?)* {last}\b", sentence)
+    if match is None:
+        return None
+    return sentence[:match.start()] + "___" + sentence[match.end():], match.group(0)
 
 
 def _sentences(passage: str) -> list[str]:

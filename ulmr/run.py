@@ -189,7 +189,7 @@ class _BenchmarkRun:
         start = time.time()
         try:
             config = build_config(method_class.config_class,
-                                  {**self.profile.method_config_overrides(method, method_class.config_class), "seed": seed},
+                                  {**self.profile.method_config_overrides(method, method_class.config_class, self.benchmark), "seed": seed},
                                   where=f"{method} config")
             task = build_task(self.benchmark, self.selection, self.template, self.data_dir)
             key = self.key({"method": method, "config": config_to_dict(config),

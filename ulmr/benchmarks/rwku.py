@@ -32,6 +32,8 @@ TABLE = [
     ("utility_fac", "Utility Fac", "rwku_utility_fac", "f1"),
     ("utility_flu", "Utility Flu", "rwku_utility_flu", "entropy"),
 ]
+# the `rwku` group's parts, evaluated by name so that each can take its own doc limit
+RWKU_GROUPS = ("rwku_forget", "rwku_neighbor", "rwku_mia", "rwku_utility")
 COLUMNS = [(key, header) for key, header, _, _ in TABLE]
 COLUMN_GROUPS = ("Forget", "Neighbor", "MIA", "Utility")
 
@@ -87,7 +89,7 @@ def token_logprobs(lm, text: str) -> list[float]:
     return logprobs
 
 
-register_benchmark(Benchmark(name="rwku", tasks=lambda targets: ["rwku"], summarize=summarize, columns=COLUMNS,
+register_benchmark(Benchmark(name="rwku", tasks=lambda targets: list(RWKU_GROUPS), summarize=summarize, columns=COLUMNS,
                              default_selection="1", task_metadata=lambda targets: {"targets": targets},
                              column_groups=COLUMN_GROUPS, model_metrics=min_k_metrics,
                              scored_selection=scored_targets))

@@ -26,12 +26,15 @@ class BenchmarkPlan:
 
     max_train_items: cap on each kind of preparation training material (smoke runs).
     prepare: TrainingConfig overrides of the preparation fine-tuning.
-    eval: EvalSettings overrides (limit, batch_size, max_gen_toks, dtype, ...).
+    eval: EvalSettings overrides (limit, limits, batch_size, max_gen_toks, dtype, ...).
+    method_overrides: per-method config overrides on this benchmark only, applied after the
+        profile's own (same form: "all" first, then the method's name).
     """
 
     max_train_items: int | None = None
     prepare: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,12 +58,15 @@ class RwkuPlan(BenchmarkPlan):
     """RWKU: which targets, whether to inject their knowledge first, the gate.
 
     inject: "auto" (inject when the base model's forget All is below gate_min_forget_all), true, false.
+    inject_passages: how many of each target's Wikipedia passages (the first ones: the lead) the
+        injection material is built from (None: all 100-odd, hours of CPU training).
     gate_min_forget_all: the "before" model's forget All ROUGE-L recall must reach this, or the run
         stops (None: no gate).
     """
 
     targets: str = "1"
     inject: bool | str = "auto"
+    inject_passages: int | None = 12
     gate_min_forget_all: float | None = 0.2
 
 
@@ -77,12 +83,17 @@ class Profile:
     # per-method config overrides; "all" applies first, to every method whose config has the key
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def method_config_overrides(self, method: str, config_class: type) -> dict[str, Any]:
+    def method_config_overrides(self, method: str, config_class: type, benchmark: str) -> dict[str, Any]:
+        """The profile's overrides, then the benchmark's: each "all" (keys the config has), then
+        the method's own."""
         import dataclasses
 
         known = {f.name for f in dataclasses.fields(config_class)}
-        shared = {k: v for k, v in self.method_overrides.get("all", {}).items() if k in known}
-        return {**shared, **self.method_overrides.get(method, {})}
+        merged: dict[str, Any] = {}
+        for overrides in (self.method_overrides, getattr(self, benchmark).method_overrides):
+            merged.update({k: v for k, v in overrides.get("all", {}).items() if k in known})
+            merged.update(overrides.get(method, {}))
+        return merged
 
 
 def load_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> Profile:

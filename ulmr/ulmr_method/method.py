@@ -68,6 +68,8 @@ class UlmrConfig(TrainingConfig):
         is scored on all of them.
     soup: unlearned weights = the uniform average of this many evenly spaced checkpoints of the
         training trajectory, the last included (1: the final weights).
+    max_questions: rewrite only the first this many forget questions (None: all; RWKU has 300 a
+        target, and LLM rewriting of all of them is minutes on a CPU).
     retain_weight (inherited): 0 by default, as in RT, so that comparing the two isolates what
         rewriting and averaging add; averaging is ULMR's own guard of model utility.
 
@@ -96,6 +98,7 @@ class UlmrConfig(TrainingConfig):
     holdout_fraction: float = 0.1
     holdout_max: int = 64
     soup: int = 1
+    max_questions: int | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -111,6 +114,8 @@ class UlmrConfig(TrainingConfig):
         check_range("holdout_fraction", self.holdout_fraction, 0, 0.5, low_open=True)
         check_range("holdout_max", self.holdout_max, 1)
         check_range("soup", self.soup, 1)
+        if self.max_questions is not None:
+            check_range("max_questions", self.max_questions, 1)
         if self.alpha != "auto":
             check_range("alpha", self.alpha, 0, 1)
         if not self.alpha_grid:
@@ -189,12 +194,13 @@ class UlmrUnlearner(Unlearner):
         if not task.forget_questions:
             raise UlmrError(f"task {task.name} has no forget questions: ULMR rewrites them; build the task "
                             "with ulmr.unlearning.tasks")
-        subjects = task.subjects or recurring_names([q.question or "" for q in task.forget_questions])
+        questions = task.forget_questions[:config.max_questions]
+        subjects = task.subjects or recurring_names([q.question or "" for q in questions])
         generate = self._generator(model, tokenizer)
-        instructions = original_instructions(task.forget_questions, subjects) if config.include_original else []
+        instructions = original_instructions(questions, subjects) if config.include_original else []
         rewrite_stats = {}
         if config.rewrite:
-            rewrites, rewrite_stats = rewrite_questions(task.forget_questions, subjects, config.templates, config.k,
+            rewrites, rewrite_stats = rewrite_questions(questions, subjects, config.templates, config.k,
                                                         generate, config.rewrite_fallback, config.leak_ngram)
             instructions += rewrites
         pairs, negative_stats = negative_responses(instructions, task.refusals, config.negatives,
