@@ -12,8 +12,9 @@ from leaderboard.tables import CLOSEST_TO_BEFORE, HIGHER, LOWER, REFERENCE_METHO
 
 LEGEND = ("Cells: mean ± sample standard deviation over seeds (n − 1 denominator); a single value where "
           "a row has one seed; n/a where no run produced the metric. **Bold**: the best unlearning method "
-          f"per column (the {' and '.join(REFERENCE_METHODS)} rows are references, never bold); each "
-          "table's notes say which way its columns are better.")
+          f"per column (the {', '.join(REFERENCE_METHODS)} rows are references, never bold; base is the "
+          "untouched model on the forget probes only); each table's notes say which way its columns "
+          "are better.")
 DIRECTION_LEADS = {HIGHER: "Higher is better", LOWER: "Lower is better",
                    CLOSEST_TO_BEFORE: "Closest to the before row is better", None: "Not ranked"}
 

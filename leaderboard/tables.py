@@ -12,8 +12,9 @@ from typing import Any, Callable
 from ulmr.benchmarks import get_benchmark
 from ulmr.metrics import forget_quality
 
-# Evaluated models that are not unlearning methods: the first rows, in this order, and never bold.
-REFERENCE_METHODS = ("before", "retain")
+# Evaluated models that are not unlearning methods: the first rows, in this order, and never bold
+# (base: the untouched model on the forget probes only, the yardstick of the knowledge gates).
+REFERENCE_METHODS = ("base", "before", "retain")
 
 HIGHER, LOWER, CLOSEST_TO_BEFORE = "higher", "lower", "closest to before"
 # Which way a column is better: (benchmark, metric key prefix, direction); the first match wins.

@@ -106,3 +106,19 @@ def test_method_overrides_layer_profile_then_benchmark():
     assert profile.method_config_overrides("ga", GAConfig, "rwku") == {"lr": 2e-4, "epochs": 2}
     assert profile.method_config_overrides("ulmr", UlmrConfig, "rwku")["k"] == 1  # "all"'s k is ULMR's too
     assert profile.method_config_overrides("ulmr", UlmrConfig, "tofu")["k"] == 3
+
+
+def test_gate_stops_a_run_whose_target_did_not_learn_and_stores_the_base_row(tmp_path, data_dir, monkeypatch):
+    from ulmr.errors import UlmrError
+
+    monkeypatch.setenv("ULMR_CACHE", str(tmp_path / "cache"))
+    profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["ga"], "tofu.gate_min_rouge_gain": 2.0})
+    lines = []
+    for attempt in range(2):
+        with pytest.raises(UlmrError, match=r"the target model does not know its forget set .* gate needs \+2.0"):
+            run(profile, tmp_path / "results", data_dir=str(data_dir), echo=lines.append)
+    base = json.loads((tmp_path / "results" / "tiny-random" / "tofu-forget01" / "base-seed0.json").read_text())
+    assert base["method"] == "base" and base["eval"]["tasks"] == ["tofu_forget01_forget_rouge"]
+    assert "forget_rougeL_recall" in base["metrics"]
+    assert sum("base: stored result found" in line for line in lines) == 1  # the rerun did not re-evaluate it
+    assert not (tmp_path / "results" / "tiny-random" / "tofu-forget01" / "ga-seed0.json").exists()

@@ -123,9 +123,15 @@ class _BenchmarkRun:
         self.gate_rwku(before)
         return prepared
 
-    def reference_row(self, role: str, model_path: str, preparation: dict[str, Any]) -> dict[str, Any]:
-        """Evaluate a prepared model once ("before" or "retain"), or load its stored result."""
-        key = self.key({"role": role, "preparation": preparation.get("key", model_path)})
+    def reference_row(self, role: str, model_path: str, preparation: dict[str, Any],
+                      settings: EvalSettings | None = None) -> dict[str, Any]:
+        """Evaluate a model once ("before", "retain", or "base" on the forget probes only, the
+        gates' yardstick), or load its stored result."""
+        content = {"role": role, "preparation": preparation.get("key", model_path)}
+        if settings is not None:
+            content["tasks"] = settings.tasks
+        settings = settings or self.settings
+        key = self.key(content)
         path = self.result_path(role, self.prep_seed)
         stored = _stored(path, key)
         if stored is not None:
@@ -134,7 +140,7 @@ class _BenchmarkRun:
             return stored
         self.say(f"{role}: evaluating")
         start = time.time()
-        result = evaluate(model_path, self.settings, samples_path=path.with_suffix(".samples.jsonl"),
+        result = evaluate(model_path, settings, samples_path=path.with_suffix(".samples.jsonl"),
                           model_label=self.profile.model)
         result.update(method=role, seed=self.prep_seed, status="ok", key=key,
                       preparation=_preparation_summary(preparation))
@@ -146,7 +152,7 @@ class _BenchmarkRun:
         threshold = self.plan.gate_min_rouge_gain
         if threshold is None:
             return
-        base_rouge = _forget_rouge(self.profile.model, self.settings)
+        base_rouge = self.base_forget_metrics()["forget_rougeL_recall"]
         target_rouge = before["metrics"]["forget_rougeL_recall"]
         self.say(f"gate: forget ROUGE-L recall target {target_rouge:.3f} vs base {base_rouge:.3f}")
         if target_rouge < base_rouge + threshold:
@@ -161,10 +167,17 @@ class _BenchmarkRun:
                 raise UlmrError(f"rwku.inject={self.plan.inject!r}: use auto, true or false")
             return self.plan.inject
         threshold = self.plan.gate_min_forget_all or 0.0
-        base = evaluate(self.profile.model, _forget_only(self.settings))["metrics"].get("forget_all", 0.0)
+        base = self.base_forget_metrics().get("forget_all") or 0.0
         self.say(f"base model forget All {base:.3f} (threshold {threshold}): "
                  f"{'injecting' if base < threshold else 'no injection needed'}")
         return base < threshold
+
+    def base_forget_metrics(self) -> dict[str, Any]:
+        """The untouched base model's forget-probe metrics, stored as the "base" row."""
+        from ulmr.models import resolve_model
+
+        return self.reference_row("base", resolve_model(self.profile.model), {},
+                                  _forget_only(self.settings))["metrics"]
 
     def gate_rwku(self, before: dict[str, Any]) -> None:
         threshold = self.plan.gate_min_forget_all
@@ -263,12 +276,8 @@ def _stored(path: Path, key: str) -> dict[str, Any] | None:
 def _forget_only(settings: EvalSettings) -> EvalSettings:
     from dataclasses import replace
 
-    return replace(settings, tasks=["rwku_forget"] if settings.benchmark == "rwku"
-                   else [f"tofu_{settings.selection}_forget_rouge"])
-
-
-def _forget_rouge(model: str, settings: EvalSettings) -> float:
-    return evaluate(model, _forget_only(settings))["metrics"]["forget_rougeL_recall"]
+    tasks = ["rwku_forget"] if settings.benchmark == "rwku" else [f"tofu_{settings.selection}_forget_rouge"]
+    return replace(settings, tasks=tasks, limits={k: v for k, v in settings.limits.items() if k in tasks})
 
 
 def _task_fingerprint(task) -> str:
