@@ -74,6 +74,9 @@ def test_results_record_slice_and_template(tiny_results):
     assert result["eval"]["template"] == {"prompt_template": "chat"}
     assert result["eval"]["n_docs"]["tofu_forget01_forget_prob"] == 2
     assert len(result["per_question"]["forget_truth_ratio"]) == 2
+    work = result["timings"]["work"]  # what the fast backend did, for stage reports
+    assert work["generated_tokens"] > 0 and work["forward_tokens"] > work["scored_tokens"] > 0
+    assert tiny_results["hf"]["timings"]["work"] == {}  # lm-eval's model does not count
 
 
 def test_vllm_and_hf_model_arguments():

@@ -68,6 +68,7 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
 
     from lm_eval_tasks import TASKS_PATH
     from ulmr.data.common import data_dir
+    from ulmr.hardware import peak_rss_bytes
     from ulmr.models import resolve_model
 
     bench = get_benchmark(settings.benchmark)
@@ -140,7 +141,10 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
                  "max_gen_toks": settings.max_gen_toks, "n_docs": {t: len(s) for t, s in samples.items()},
                  **bench.scored_selection(samples)},
         "lm_eval_results": out["results"],
-        "timings": {"eval_seconds": round(time.time() - started, 2)},
+        # work done (fast backend: tokens through the model, scored, generated) and the process's
+        # peak memory so far (an upper bound for this evaluation), for stage reports
+        "timings": {"eval_seconds": round(time.time() - started, 2), "work": dict(getattr(lm, "counters", {})),
+                    "peak_rss_bytes": peak_rss_bytes()},
         "provenance": provenance(),
     }
     if samples_path is not None:
