@@ -187,3 +187,16 @@ def test_an_empty_results_dir_is_a_one_line_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: no results in {tmp_path / 'results'}: run `ulmr-bench run` first\n"
     assert not (tmp_path / "board").exists()
+
+
+def test_results_are_written_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not list(tmp_path.glob(".*.tmp"))
