@@ -122,3 +122,20 @@ def test_gate_stops_a_run_whose_target_did_not_learn_and_stores_the_base_row(tmp
     assert "forget_rougeL_recall" in base["metrics"]
     assert sum("base: stored result found" in line for line in lines) == 1  # the rerun did not re-evaluate it
     assert not (tmp_path / "results" / "tiny-random" / "tofu-forget01" / "ga-seed0.json").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"rwku.inject": True}, r"knowledge injection did not take \(forget All .*, gate needs \+2.0\)"),
+    ({"rwku.inject": False, "rwku.inject_below": 2.0}, r"the base model scores forget All .* < 2.0"),
+])
+def test_rwku_gate_stops_a_run_without_knowledge_of_the_targets(tmp_path, data_dir, monkeypatch, overrides, message):
+    from ulmr.errors import UlmrError
+
+    monkeypatch.setenv("ULMR_CACHE", str(tmp_path / "cache"))
+    profile = load_profile("smoke", {"benchmarks": ["rwku"], "methods": ["ga"], "rwku.gate_min_forget_gain": 2.0,
+                                     **overrides})
+    with pytest.raises(UlmrError, match=message):
+        run(profile, tmp_path / "results", data_dir=str(data_dir), echo=lambda line: None)
+    before = json.loads((tmp_path / "results" / "tiny-random" / "rwku-1" / "before-seed0.json").read_text())
+    assert before["preparation"]["injected"] is overrides["rwku.inject"]
+    assert not (tmp_path / "results" / "tiny-random" / "rwku-1" / "ga-seed0.json").exists()

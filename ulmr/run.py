@@ -166,11 +166,11 @@ class _BenchmarkRun:
             if not isinstance(self.plan.inject, bool):
                 raise UlmrError(f"rwku.inject={self.plan.inject!r}: use auto, true or false")
             return self.plan.inject
-        threshold = self.plan.gate_min_forget_all or 0.0
         base = self.base_forget_metrics().get("forget_all") or 0.0
-        self.say(f"base model forget All {base:.3f} (threshold {threshold}): "
-                 f"{'injecting' if base < threshold else 'no injection needed'}")
-        return base < threshold
+        knows = base >= self.plan.inject_below
+        self.say(f"base model forget All {base:.3f} (inject below {self.plan.inject_below}): "
+                 f"{'no injection needed' if knows else 'injecting'}")
+        return not knows
 
     def base_forget_metrics(self) -> dict[str, Any]:
         """The untouched base model's forget-probe metrics, stored as the "base" row."""
@@ -180,14 +180,23 @@ class _BenchmarkRun:
                                   _forget_only(self.settings))["metrics"]
 
     def gate_rwku(self, before: dict[str, Any]) -> None:
-        threshold = self.plan.gate_min_forget_all
-        if threshold is None:
+        """Injected: the before model must beat the base model's forget All by the gate's gain.
+        Not injected: the before model is the base model, and must know the targets by itself."""
+        gain = self.plan.gate_min_forget_gain
+        if gain is None:
             return
-        value = before["metrics"].get("forget_all", 0.0)
-        if value < threshold:
-            raise UlmrError(f"the RWKU 'before' model scores forget All {value:.3f} < {threshold}: it does "
-                            "not know the targets; inject longer (--set rwku.prepare.epochs=...) or use a "
-                            "larger model")
+        value = before["metrics"].get("forget_all") or 0.0
+        if before["preparation"].get("injected"):
+            base = self.base_forget_metrics().get("forget_all") or 0.0
+            self.say(f"gate: forget All injected {value:.3f} vs base {base:.3f}")
+            if value < base + gain:
+                raise UlmrError(f"knowledge injection did not take (forget All {value:.3f}, base {base:.3f}, "
+                                f"gate needs +{gain}): inject longer or from more passages "
+                                "(--set rwku.prepare.epochs=... / rwku.inject_passages=...)")
+        elif value < self.plan.inject_below:
+            raise UlmrError(f"the base model scores forget All {value:.3f} < {self.plan.inject_below} on the "
+                            "targets it should forget: it does not know them; inject their knowledge "
+                            "(--set rwku.inject=true) or use a larger model")
 
     # ---- methods ---------------------------------------------------------------------------
 

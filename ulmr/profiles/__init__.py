@@ -57,17 +57,20 @@ class TofuPlan(BenchmarkPlan):
 class RwkuPlan(BenchmarkPlan):
     """RWKU: which targets, whether to inject their knowledge first, the gate.
 
-    inject: "auto" (inject when the base model's forget All is below gate_min_forget_all), true, false.
+    inject: "auto" (inject when the base model's forget All is below inject_below), true, false.
+    inject_below: the forget All ROUGE-L recall under which a model counts as not knowing the targets.
     inject_passages: how many of each target's Wikipedia passages (the first ones: the lead) the
         injection material is built from (None: all 100-odd, hours of CPU training).
-    gate_min_forget_all: the "before" model's forget All ROUGE-L recall must reach this, or the run
+    gate_min_forget_gain: an injected "before" model must beat the base model's forget All by at
+        least this much; a model not injected must itself reach inject_below. Otherwise the run
         stops (None: no gate).
     """
 
     targets: str = "1"
     inject: bool | str = "auto"
+    inject_below: float = 0.2
     inject_passages: int | None = 12
-    gate_min_forget_all: float | None = 0.2
+    gate_min_forget_gain: float | None = 0.1
 
 
 @dataclass
