@@ -33,3 +33,23 @@ def test_packed_rows_score_like_separate_forwards(tiny, row_tokens):
     # rows respect the budget, unless one continuation alone exceeds it
     assert max(widths) <= max(row_tokens, len(shared) + 4)
     assert len(widths) == (2 if row_tokens == 1024 else 4)
+
+
+def test_generation_batches_follow_the_token_budget_and_do_not_change_the_text(tiny):
+    from lm_eval.api.instance import Instance
+
+    from ulmr.fast_lm import FastLM
+
+    model, tokenizer = tiny
+    prompts = ["Who wrote it?", "Where was the author of Moon Soup born, and when?", "Why?", "Name a colour."]
+    requests = [Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": 6}), i)
+                for i, p in enumerate(prompts)]
+    texts = {}
+    for budget in (1, 10_000):
+        lm = FastLM(pretrained=model, tokenizer=tokenizer, dtype="fp32", device="cpu", generation_tokens=budget)
+        sizes = []
+        original = lm._greedy_batch
+        lm._greedy_batch = lambda rows, *args: (sizes.append(len(rows)), original(rows, *args))[1]
+        texts[budget] = lm.generate_until(requests, disable_tqdm=True)
+        assert sizes == ([1, 1, 1, 1] if budget == 1 else [4])
+    assert texts[1] == texts[10_000]
