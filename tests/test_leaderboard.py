@@ -73,6 +73,7 @@ def write_results(root: Path, results: dict[str, dict]) -> Path:
 def results_dir(tmp_path) -> Path:
     root = write_results(tmp_path / "results", TOFU_RESULTS | RWKU_RESULTS)
     (root / "tofu" / "ga-0.samples.jsonl").write_text('{"task": "x"}\n')  # not a result: ignored silently
+    (root / "tofu" / "ga-0.artifacts.json").write_text('{"pairs": []}')  # a method's sidecar: the same
     (root / "broken.json").write_text('{"schema": "ulmr-bench/result/v1", "benchmark": ')
     (root / "nested").mkdir()
     (root / "nested" / "foreign.json").write_text(json.dumps({"hello": "world"}))
