@@ -82,11 +82,20 @@ def _directions_note(table: Table) -> str:
                     for direction, lead in DIRECTION_LEADS.items() if headers_by_direction[direction])
 
 
+def _slice(eval_record: dict[str, Any]) -> str:
+    """Which docs were scored: every doc, or the first N of every task, with per-task exceptions."""
+    limit = eval_record.get("limit")
+    text = "full task sets" if limit is None else f"first {limit} docs per task (`eval.limit`)"
+    exceptions = eval_record.get("limits") or {}
+    if exceptions:
+        text += " except " + ", ".join(f"{task}: {'all' if n is None else f'first {n}'}"
+                                       for task, n in sorted(exceptions.items())) + " (`eval.limits`)"
+    return text
+
+
 def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
     """What produced the table's results, each distinct value once."""
-    slices = sorted({"full task sets" if r["eval"].get("limit") is None else
-                     f"first {r['eval']['limit']} docs per task (`eval.limit`)"
-                     for r in results if isinstance(r.get("eval"), dict)})
+    slices = sorted({_slice(r["eval"]) for r in results if isinstance(r.get("eval"), dict)})
     lines = [f"runs: {len(results)}, seeds {', '.join(map(str, sorted({r['seed'] for r in results})))}",
              f"evaluated on: {', '.join(slices) or 'not recorded'}"]
     injected = _distinct(results, "preparation", "injected")

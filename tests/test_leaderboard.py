@@ -41,7 +41,7 @@ def tofu(method, seed, ratios, rouge, utility, **fields):
 
 def rwku(method, fm, rm, forget_all, **fields):
     return result("rwku", "1", method, 0, {"mia_fm": fm, "mia_rm": rm, "forget_all": forget_all},
-                  preparation={"injected": True}, **fields)
+                  preparation={"injected": True}, eval={"limit": None, "limits": {"rwku_utility": 10}}, **fields)
 
 
 TOFU_RESULTS = {
@@ -169,6 +169,8 @@ def test_failed_runs_provenance_and_directions_are_listed_under_the_table(result
     rwku_section = markdown.split(f"## RWKU 1 | {MODEL}")[1].split("## TOFU")[0]
     assert "Closest to the before row is better: MIA RM, MIA RM-zlib, MIA RM-MinK." in rwku_section
     assert "  - knowledge injected before unlearning (`preparation.injected`): True" in rwku_section
+    assert ("  - evaluated on: full task sets except rwku_utility: first 10 (`eval.limits`)"
+            in rwku_section)
 
 
 def test_cli_writes_the_files_and_prints_their_paths(results_dir, tmp_path, capsys):

@@ -8,6 +8,7 @@ evaluation settings, code version); a method that raises is stored as failed and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -152,7 +153,7 @@ class _BenchmarkRun:
         threshold = self.plan.gate_min_rouge_gain
         if threshold is None:
             return
-        base_rouge = self.base_forget_metrics()["forget_rougeL_recall"]
+        base_rouge = self.base_forget_metrics["forget_rougeL_recall"]
         target_rouge = before["metrics"]["forget_rougeL_recall"]
         self.say(f"gate: forget ROUGE-L recall target {target_rouge:.3f} vs base {base_rouge:.3f}")
         if target_rouge < base_rouge + threshold:
@@ -166,14 +167,16 @@ class _BenchmarkRun:
             if not isinstance(self.plan.inject, bool):
                 raise UlmrError(f"rwku.inject={self.plan.inject!r}: use auto, true or false")
             return self.plan.inject
-        base = self.base_forget_metrics().get("forget_all") or 0.0
+        base = self.base_forget_metrics.get("forget_all") or 0.0
         knows = base >= self.plan.inject_below
         self.say(f"base model forget All {base:.3f} (inject below {self.plan.inject_below}): "
                  f"{'no injection needed' if knows else 'injecting'}")
         return not knows
 
+    @functools.cached_property
     def base_forget_metrics(self) -> dict[str, Any]:
-        """The untouched base model's forget-probe metrics, stored as the "base" row."""
+        """The untouched base model's forget-probe metrics, stored as the "base" row (read once a
+        run: both the injection decision and the gate need them)."""
         from ulmr.models import resolve_model
 
         return self.reference_row("base", resolve_model(self.profile.model), {},
@@ -187,7 +190,7 @@ class _BenchmarkRun:
             return
         value = before["metrics"].get("forget_all") or 0.0
         if before["preparation"].get("injected"):
-            base = self.base_forget_metrics().get("forget_all") or 0.0
+            base = self.base_forget_metrics.get("forget_all") or 0.0
             self.say(f"gate: forget All injected {value:.3f} vs base {base:.3f}")
             if value < base + gain:
                 raise UlmrError(f"knowledge injection did not take (forget All {value:.3f}, base {base:.3f}, "
