@@ -74,6 +74,21 @@ def test_processes_take_disjoint_slices_of_each_epoch():
     assert sorted(seen) == list(range(1, 9))
 
 
+def test_length_grouped_batches_cover_the_epoch_with_less_padding():
+    lengths = [3, 40, 4, 38, 5, 41, 2, 39] * 4  # short questions and long passages, interleaved
+    forget = {"forget": [Example(answer="x" * n) for n in lengths]}
+    encode = lambda ex: Encoded(list(range(len(ex.answer))), list(range(len(ex.answer))))  # noqa: E731
+
+    def epoch(group):
+        stream = micro_batches(forget, None, encode, batch_size=4, seed=1, pad_id=0, group_by_length=group)
+        return [next(stream)["forget"]["attention_mask"] for _ in range(len(lengths) // 4)]
+
+    plain, grouped = epoch(False), epoch(True)
+    assert sum(int(m.sum()) for m in grouped) == sum(lengths) == sum(int(m.sum()) for m in plain)
+    assert sum(m.numel() for m in grouped) < 0.6 * sum(m.numel() for m in plain)  # padded cells
+    assert [len(m) for m in grouped] == [4] * 8
+
+
 def test_reference_is_frozen_and_never_updated(tiny):
     model, tokenizer = tiny
     before = weights(model)

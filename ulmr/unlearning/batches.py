@@ -72,11 +72,13 @@ def batches_per_epoch(n_items: int, batch_size: int, num_processes: int = 1) -> 
 
 def micro_batches(forget: dict[str, list[Example]], retain: list[Example] | None,
                   encode: Callable[[Example], Encoded], batch_size: int, seed: int, pad_id: int,
-                  process_index: int = 0, num_processes: int = 1) -> Iterator[Batch]:
+                  process_index: int = 0, num_processes: int = 1, group_by_length: bool = False) -> Iterator[Batch]:
     """Endless micro-batches: the forget parts (aligned lists, batched together by index) in seeded
     shuffled epochs, each batch joined by a retain batch of the same size drawn without replacement
-    from a reshuffled retain list. Under several processes each takes its own slice of every epoch."""
-    n_items = len(next(iter(forget.values())))
+    from a reshuffled retain list. Under several processes each takes its own slice of every epoch.
+    With group_by_length, batches hold items of similar length (see TrainingConfig)."""
+    first_part = next(iter(forget.values()))
+    n_items = len(first_part)
     order_rng = random.Random(seed)  # the same on every process, so the slices do not overlap
     retain_rng = random.Random(f"retain-{seed}-{process_index}")
     retain_queue: list[int] = []
@@ -85,8 +87,10 @@ def micro_batches(forget: dict[str, list[Example]], retain: list[Example] | None
         order_rng.shuffle(order)
         order += order[: -len(order) % num_processes]  # an equal share for every process
         share = order[process_index::num_processes]
-        for start in range(0, len(share), batch_size):
-            indices = share[start:start + batch_size]
+        batches = [share[start:start + batch_size] for start in range(0, len(share), batch_size)]
+        if group_by_length:
+            batches = _length_grouped(share, batch_size, lambda i: len(encode(first_part[i]).input_ids), order_rng)
+        for indices in batches:
             batch = {name: collate([encode(part[i]) for i in indices], pad_id) for name, part in forget.items()}
             if retain:
                 picks = []
@@ -96,3 +100,16 @@ def micro_batches(forget: dict[str, list[Example]], retain: list[Example] | None
                     picks.append(encode(retain[retain_queue.pop()]))
                 batch["retain"] = collate(picks, pad_id)
             yield batch
+
+
+def _length_grouped(indices: list[int], batch_size: int, length: Callable[[int], int],
+                    rng: random.Random, window_batches: int = 16) -> list[list[int]]:
+    """Batches of similar-length items: each window of `window_batches` batches is sorted by
+    length and cut into batches, and the batches of the epoch are shuffled."""
+    window = batch_size * window_batches
+    batches = []
+    for start in range(0, len(indices), window):
+        ordered = sorted(indices[start:start + window], key=length)
+        batches += [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    rng.shuffle(batches)
+    return batches

@@ -70,6 +70,10 @@ class TrainingConfig:
     retain_weight: weight of the retain term of methods that have one (0: no retain batches).
     retain_loss: "nll" on retain answers, or "kl" to the frozen reference model on them.
     max_length: tokens per sequence; longer ones are cut from the right (TOFU: 500).
+    group_by_length: draw each micro-batch from items of similar length (shuffled windows of 16
+        batches, sorted by length, cut into batches, the batches shuffled): RWKU injection mixes
+        40-token questions with 200-token passages, and padding to the longest row of a random
+        batch made it compute 1.63 tokens per real one.
     """
 
     lr: float = 1e-5
@@ -90,6 +94,7 @@ class TrainingConfig:
     retain_weight: float = 0.0
     retain_loss: Literal["nll", "kl"] = "nll"
     max_length: int = 512
+    group_by_length: bool = False
 
     def validate(self) -> None:
         check_range("lr", self.lr, 0, low_open=True)
@@ -183,7 +188,7 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
         optimizer, _warmup_then_linear_decay(total_steps, round(config.warmup_ratio * total_steps)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stream = micro_batches(forget, retain, encode, config.batch_size, config.seed, pad_id,
-                           accelerator.process_index, accelerator.num_processes)
+                           accelerator.process_index, accelerator.num_processes, config.group_by_length)
     compute_dtype = resolve_dtype(config.dtype, device.type)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == torch.bfloat16)
 
