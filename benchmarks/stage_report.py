@@ -49,8 +49,9 @@ def main():
     for name, seconds, tokens, flops_per_token, peak in rows:
         floor = tokens * flops_per_token * n_params / rate if tokens else None
         share = f"{floor / seconds:.0%}" if floor and seconds else "-"
+        peak_text = f"{peak / GIB:.2f}" if peak else "-"  # not recorded for every stage
         print(f"{name:<44}{seconds:>9.1f}{tokens or 0:>10,}{(tokens or 0) / seconds if seconds else 0:>8.0f}"
-              f"{floor or 0:>9.1f}{share:>9}{peak / GIB if peak else 0:>9.2f}")
+              f"{floor or 0:>9.1f}{share:>9}{peak_text:>9}")
         if floor and (worst is None or seconds - floor > worst[1]):
             worst = (name, seconds - floor, floor, seconds)
     total = sum(seconds for name, seconds, *_ in rows if not name.startswith(" "))  # sub-rows are inside others

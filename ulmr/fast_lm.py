@@ -57,6 +57,7 @@ class FastLM(TemplateLM):
         self.lm_head = self.model.get_output_embeddings()
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self.stop_ids = _stop_token_ids(self.model, self.tokenizer)
+        self.eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         # transformers 5.24 renamed forward()'s past_key_values to cache; accept either release
         self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         # work done, for benchmark reports: tokens through the model, scored, generated
@@ -197,7 +198,6 @@ class FastLM(TemplateLM):
     # ---- generation ------------------------------------------------------------------------
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         by_settings: dict[str, list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
             by_settings[json.dumps(req.args[1], sort_keys=True, default=str)].append(i)
@@ -205,7 +205,7 @@ class FastLM(TemplateLM):
         bar = tqdm(total=len(requests), desc="Generating (greedy)", disable=disable_tqdm)
         for settings_key, indices in by_settings.items():
             settings = json.loads(settings_key)
-            until = handle_stop_sequences(settings.get("until"), eos=eos_text)
+            until = handle_stop_sequences(settings.get("until"), eos=self.eos_text)
             max_new = int(settings.get("max_gen_toks", self.max_gen_toks))
             if settings.get("do_sample") or (settings.get("temperature") or 0) > 0:
                 raise ValueError("the fast backend decodes greedily only; use --backend hf for sampling")
@@ -242,8 +242,7 @@ class FastLM(TemplateLM):
         cache = None
         step_ids, step_positions = input_ids, positions
         # the end-of-sequence text is caught by its token id; only other stop strings need decoding
-        eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
-        stop_texts = [t for t in until if t and t != eos_text]
+        stop_texts = [t for t in until if t and t != self.eos_text]
         with torch.autocast(device_type=device.type, dtype=self.compute_dtype,
                             enabled=self.compute_dtype != torch.float32):
             for _ in range(max_new):

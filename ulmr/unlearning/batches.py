@@ -87,9 +87,10 @@ def micro_batches(forget: dict[str, list[Example]], retain: list[Example] | None
         order_rng.shuffle(order)
         order += order[: -len(order) % num_processes]  # an equal share for every process
         share = order[process_index::num_processes]
-        batches = [share[start:start + batch_size] for start in range(0, len(share), batch_size)]
         if group_by_length:
             batches = _length_grouped(share, batch_size, lambda i: len(encode(first_part[i]).input_ids), order_rng)
+        else:
+            batches = [share[start:start + batch_size] for start in range(0, len(share), batch_size)]
         for indices in batches:
             batch = {name: collate([encode(part[i]) for i in indices], pad_id) for name, part in forget.items()}
             if retain:
