@@ -96,7 +96,10 @@ class _BenchmarkRun:
 
     def prepare(self):
         """Prepare (or load from cache) the models, evaluate the reference rows, apply the gate;
-        return the PreparedModel that unlearning starts from."""
+        return the PreparedModel that unlearning starts from. Sets `reference_model`: a model
+        that never learned the forget data (TOFU's retain model; RWKU's base model when the
+        targets were injected, else None)."""
+        from ulmr.models import resolve_model
         from ulmr.prepare import prepare_rwku, prepare_tofu
 
         start = time.time()
@@ -107,6 +110,7 @@ class _BenchmarkRun:
             before = self.reference_row("before", prepared["target"].path, prepared["target"].record)
             self.reference_row("retain", prepared["retain"].path, prepared["retain"].record)
             self.gate_tofu(before)
+            self.reference_model = prepared["retain"].path
             return prepared["target"]
         inject = self.should_inject()
         if inject:
@@ -114,11 +118,11 @@ class _BenchmarkRun:
             prepared = prepare_rwku(self.profile.model, self.template, self.plan, self.prep_seed, self.data_dir)
             record = {**prepared.record, "injected": True}
         else:
-            from ulmr.models import resolve_model
             from ulmr.prepare import PreparedModel
 
             prepared = PreparedModel(resolve_model(self.profile.model), {})
             record = {"injected": False}
+        self.reference_model = resolve_model(self.profile.model) if inject else None
         prepared.record = record
         before = self.reference_row("before", prepared.path, record)
         self.gate_rwku(before)

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "eval": "eval",
     "unlearn": "unlearn",
     "run": "run",
+    "tune": "tune",
     "leaderboard": "leaderboard",
     "methods": "info",
     "tasks-path": "info",

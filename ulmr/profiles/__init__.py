@@ -29,12 +29,24 @@ class BenchmarkPlan:
     eval: EvalSettings overrides (limit, limits, batch_size, max_gen_toks, dtype, ...).
     method_overrides: per-method config overrides on this benchmark only, applied after the
         profile's own (same form: "all" first, then the method's name).
+    tune_grid: `ulmr-bench tune`'s grid, {config key: [values]}; every method gets its product.
+    tune_holdout: at most this share of the forget training items is held out for validation.
+    tune_validation_items: forget and retain items held out for validation (ulmr.tune).
     """
 
     max_train_items: int | None = None
     prepare: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tune_grid: dict[str, list[Any]] = field(default_factory=dict)
+    tune_holdout: float = 0.25
+    tune_validation_items: int = 40
+
+    def validate(self) -> None:
+        from ulmr.unlearning.config import check_range
+
+        check_range("tune_holdout", self.tune_holdout, 0, 1, low_open=True)
+        check_range("tune_validation_items", self.tune_validation_items, 1)
 
 
 @dataclass

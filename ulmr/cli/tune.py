@@ -1,0 +1,29 @@
+"""`ulmr-bench tune`: the same hyperparameter grid for every method, chosen on validation data only."""
+
+from __future__ import annotations
+
+import click
+
+from ulmr.cli.options import data_dir_option
+from ulmr.cli.run import profile_overrides, run_selection_options
+
+
+@click.command("tune")
+@run_selection_options
+@data_dir_option
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Grid results go under <results-dir>/tune/; the prepared models' reference rows beside "
+                   "those of `ulmr-bench run` with the same folder.")
+def tune_command(profile, methods, benchmarks, seeds, model, set_options, data_dir, results_dir):
+    """Train every method on each point of the profile's tune_grid, score held-out validation data,
+    and print the chosen setting per method (the protocol: ulmr/tune.py, README "Tuning")."""
+    import yaml
+
+    from ulmr.profiles import load_profile
+    from ulmr.tune import tune
+
+    chosen = load_profile(profile, profile_overrides(methods, benchmarks, seeds, model, set_options))
+    summaries = tune(chosen, results_dir, data_dir=data_dir, echo=click.echo)
+    for benchmark, summary in summaries.items():
+        click.echo(f"chosen on {benchmark} (put under {benchmark}.method_overrides):\n"
+                   + yaml.safe_dump(summary["chosen"], default_flow_style=None, sort_keys=False))
