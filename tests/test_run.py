@@ -70,6 +70,15 @@ def test_smoke_run_records_failures_resumes_and_survives_interrupts(tmp_path, da
     assert {r["status"] for r in summary.rows} == {"stored"}
     assert (folder / "ga-seed0.json").stat().st_mtime_ns == stamp
 
+    # another seed later: the same prepared model and reference rows, one new method row
+    profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["ga"], "seeds": [1]})
+    summary = run(profile, results, data_dir=str(data_dir), echo=lines.append)
+    assert {(r["method"], r["seed"], r["status"]) for r in summary.rows} == {
+        ("before", 0, "stored"), ("retain", 0, "stored"), ("ga", 1, "ok")}
+    seed1 = json.loads((folder / "ga-seed1.json").read_text())
+    assert seed1["preparation"]["key"] == ga["preparation"]["key"]
+    assert seed1["unlearning"]["config"]["seed"] == 1
+
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "--profile", "smoke", "--methods", "no-such-method"], "unknown method 'no-such-method'"),

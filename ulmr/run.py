@@ -81,7 +81,7 @@ class _BenchmarkRun:
         self.folder = results_dir / _slug(profile.model) / f"{benchmark}-{_slug(self.selection)}"
         self.settings = EvalSettings(benchmark=benchmark, selection=self.selection, data_dir=data_dir,
                                      template=template, backend=backend, **self.plan.eval)
-        self.prep_seed = profile.seeds[0]
+        self.prep_seed = profile.prepare_seed
 
     def say(self, message: str) -> None:
         self.echo(f"[{self.benchmark} {self.selection}] {message}")

@@ -93,6 +93,9 @@ class Profile:
     methods: list[str]
     seeds: list[int]
     template: dict[str, Any] = field(default_factory=lambda: {"prompt_template": "chat"})
+    # seed of the preparation fine-tuning: one prepared model serves every unlearning seed, so
+    # `--seeds 1` adds runs to a results directory made with `--seeds 0` without preparing again
+    prepare_seed: int = 0
     tofu: TofuPlan = field(default_factory=TofuPlan)
     rwku: RwkuPlan = field(default_factory=RwkuPlan)
     # per-method config overrides; "all" applies first, to every method whose config has the key
