@@ -52,6 +52,9 @@ def test_criterion_by_hand():
     assert got == {"forget_progress": 1.0, "retain_kept": 1.0, "score": 1.0}
     # a model that learned more of the forget data scores 0
     assert criterion({"forget": 0.9, "retain": 0.5}, before, 0.2)["score"] == 0.0
+    # a reference at or above the before model anchors nothing: progress is the relative drop 0.6 / 0.8
+    got = criterion({"forget": 0.2, "retain": 0.5}, before, reference_forget=0.9)
+    assert got == pytest.approx({"forget_progress": 0.75, "retain_kept": 1.0, "score": 0.75})
 
 
 def test_grid_points_are_the_product_in_written_order():

@@ -11,9 +11,12 @@ The protocol, fixed before any grid result was looked at (README "Tuning"):
       forget_progress = clip((P_f(before) - P_f(unlearned)) / (P_f(before) - P_f(reference)), 0, 1)
       retain_kept     = clip(P_r(unlearned) / P_r(before), 0, 1)
   where "before" is the prepared model unlearning starts from and "reference" a model that never
-  learned the forget data (TOFU: the retain model; RWKU: the base model before injection; without
-  injection P_f(reference) = 0). Forgetting past the reference earns nothing more, so among
-  settings that forget fully the one that keeps most wins. The highest score is chosen; a tie goes
+  learned the forget data (TOFU: the retain model; RWKU: the base model before injection). Where
+  there is none (RWKU without injection), or it scores P_f at or above the before model, P_f(reference)
+  is 0 and progress is the relative drop of P_f. (Amended before any grid point was scored: RWKU's
+  base model gives the synthetic texts P_f 0.142, the injected model 0.108, so the first rule gave
+  every setting progress 0.) Forgetting past the reference earns nothing more, so among settings
+  that forget fully the one that keeps most wins. The highest score is chosen; a tie goes
   to the earlier grid point (the grid lists the gentler settings first).
 - Every grid point trains once, from the same prepared model, with the profile's first seed.
 
@@ -82,6 +85,8 @@ def validation_split(task: UnlearningTask, holdout: float, items: int,
 
 def criterion(scores: dict[str, float], before: dict[str, float], reference_forget: float) -> dict[str, float]:
     """forget_progress, retain_kept and their product (the module docstring's criterion)."""
+    if reference_forget >= before["forget"]:
+        reference_forget = 0.0  # no lower anchor: the relative drop
     span = before["forget"] - reference_forget
     progress = (before["forget"] - scores["forget"]) / span if span > 0 else 0.0
     kept = scores["retain"] / before["retain"] if before["retain"] > 0 else 0.0
@@ -239,7 +244,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
              f"Validation: {summary['validation_items']['forget']} forget and "
              f"{summary['validation_items']['retain']} retain items. Before unlearning P_f = "
              f"{before['forget']:.4f}, P_r = {before['retain']:.4f}; reference P_f = "
-             f"{summary['reference_forget']:.4f}. Score = forget_progress x retain_kept.", "",
+             f"{summary['reference_forget']:.4f}"
+             + (" (not below before: progress is the relative drop)"
+                if summary["reference_forget"] >= before["forget"] else "")
+             + ". Score = forget_progress x retain_kept.", "",
              "| method | setting | P_f | P_r | forget_progress | retain_kept | score | seconds |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in summary["rows"]:
