@@ -209,7 +209,7 @@ class _BenchmarkRun:
 
     def run_method(self, method: str, seed: int, before) -> None:
         from ulmr.models import load_model
-        from ulmr.unlearning.config import build_config, config_to_dict
+        from ulmr.unlearning.config import config_to_dict
         from ulmr.unlearning.registry import get_method
         from ulmr.unlearning.tasks import build_task
 
@@ -217,9 +217,7 @@ class _BenchmarkRun:
         path = self.result_path(method, seed)
         start = time.time()
         try:
-            config = build_config(method_class.config_class,
-                                  {**self.profile.method_config_overrides(method, method_class.config_class, self.benchmark), "seed": seed},
-                                  where=f"{method} config")
+            config = self.profile.method_config(method, self.benchmark, seed)
             task = build_task(self.benchmark, self.selection, self.template, self.data_dir)
             key = self.key({"method": method, "config": config_to_dict(config),
                             "preparation": before.record.get("key", before.path),

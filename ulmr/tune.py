@@ -109,17 +109,6 @@ def point_label(point: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items())
 
 
-def method_config(profile: Profile, benchmark: str, method: str, point: dict[str, Any]):
-    """The method's config on this benchmark: the profile's overrides, the grid point, the first seed."""
-    from ulmr.unlearning.config import build_config
-    from ulmr.unlearning.registry import get_method
-
-    config_class = get_method(method).config_class
-    overrides = profile.method_config_overrides(method, config_class, benchmark)
-    return build_config(config_class, {**overrides, **point, "seed": profile.seeds[0]},
-                        where=f"{method} config (tune_grid {point_label(point)})")
-
-
 def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None, echo: Echo = print) -> dict:
     """Run the grid of every profile method on every profile benchmark; return {benchmark: summary}."""
     from ulmr.prompts import PromptTemplate
@@ -127,7 +116,7 @@ def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None,
     for benchmark in profile.benchmarks:  # an unknown method or grid key fails before any work
         plan = getattr(profile, benchmark)
         for method, point in itertools.product(profile.methods, grid_points(plan.tune_grid)):
-            method_config(profile, benchmark, method, point)
+            profile.method_config(method, benchmark, profile.seeds[0], point, _where(point))
     template = PromptTemplate.from_options(profile.template)
     return {benchmark: _BenchmarkTuning(profile, benchmark, template, Path(results_dir), data_dir, echo).run()
             for benchmark in profile.benchmarks}
@@ -138,7 +127,8 @@ class _BenchmarkTuning:
         from ulmr.run import RunSummary, _BenchmarkRun
 
         # the run's own preparation (cached models, reference rows, gates), results beside the run's
-        self.prepared_run = _BenchmarkRun(profile, benchmark, template, results_dir, data_dir, "fast", echo, RunSummary())
+        self.prepared_run = _BenchmarkRun(profile, benchmark, template, results_dir, data_dir, "fast", echo,
+                                          RunSummary())
         self.profile, self.benchmark, self.echo = profile, benchmark, echo
         self.plan = self.prepared_run.plan
         self.folder = results_dir / "tune" / self.prepared_run.folder.relative_to(results_dir)
@@ -147,18 +137,19 @@ class _BenchmarkTuning:
     def run(self) -> dict[str, Any]:
         from ulmr.unlearning.tasks import build_task
 
-        before = self.prepared_run.prepare()
-        task = build_task(self.benchmark, self.prepared_run.selection, self.prepared_run.template, self.prepared_run.data_dir)
+        prepared_run = self.prepared_run
+        before = prepared_run.prepare()
+        task = build_task(self.benchmark, prepared_run.selection, prepared_run.template, prepared_run.data_dir)
         split = validation_split(task, self.plan.tune_holdout, self.plan.tune_validation_items,
                                  self._evaluated_questions())
-        self.prepared_run.say(f"tuning on {len(split.train.forget)} forget / {len(split.train.retain)} retain items; "
-                     f"validating on {len(split.forget)} forget / {len(split.retain)} retain items")
+        prepared_run.say(f"tuning on {len(split.train.forget)} forget / {len(split.train.retain)} retain items; "
+                         f"validating on {len(split.forget)} forget / {len(split.retain)} retain items")
         fingerprint = _fingerprint([split.forget, split.retain, split.train.forget, split.train.retain,
                                     split.train.forget_questions])
         before_scores = self._stored_or(
             "before", {"model": before.record.get("key", before.path), "split": fingerprint},
             lambda: self._scores(before.path, split))
-        reference = self.prepared_run.reference_model
+        reference = prepared_run.reference_model
         reference_forget = 0.0 if reference is None else self._stored_or(
             "reference", {"model": reference, "split": fingerprint}, lambda: self._scores(reference, split))["forget"]
         rows = [self._point(method, point, before, split, fingerprint, before_scores, reference_forget)
@@ -182,7 +173,7 @@ class _BenchmarkTuning:
         from ulmr.unlearning.registry import get_method
 
         method_class = get_method(method)
-        config = method_config(self.profile, self.benchmark, method, point)
+        config = self.profile.method_config(method, self.benchmark, self.seed, point, _where(point))
         content = {"method": method, "config": config_to_dict(config), "split": fingerprint,
                    "model": before.record.get("key", before.path)}
         key = _key(content)
@@ -197,12 +188,12 @@ class _BenchmarkTuning:
                 scores = self._scores(outcome.model, split, tokenizer)
                 status, error = "ok", None
             except UlmrError as exc:  # a diverged or refused setting loses; the grid goes on
-                scores, status, error = {"forget": float("nan"), "retain": float("nan")}, "failed", str(exc)
+                scores, status, error = {"forget": None, "retain": None}, "failed", str(exc)
             stored = {"method": method, "point": point, "status": status, "error": error, "scores": scores,
                       "seconds": round(time.time() - start, 1), "key": key, "provenance": provenance()}
             write_json_atomic(path, stored)
         judged = criterion(stored["scores"], before_scores, reference_forget) if stored["status"] == "ok" \
-            else {"forget_progress": 0.0, "retain_kept": 0.0, "score": float("-inf")}
+            else {"forget_progress": 0.0, "retain_kept": 0.0, "score": -1.0}  # below every setting that ran
         return {"method": method, "point": point, **stored["scores"], **judged, "status": stored["status"],
                 "seconds": stored["seconds"]}
 
@@ -212,7 +203,8 @@ class _BenchmarkTuning:
 
         if isinstance(model, str):
             model, tokenizer = load_model(model, dtype="fp32")
-        return {part: mean_answer_probability(model, tokenizer, self.prepared_run.template, items, VALIDATION_MAX_LENGTH)
+        template = self.prepared_run.template
+        return {part: mean_answer_probability(model, tokenizer, template, items, VALIDATION_MAX_LENGTH)
                 for part, items in (("forget", split.forget), ("retain", split.retain))}
 
     def _stored_or(self, name: str, content: dict, compute: Callable[[], dict]) -> dict[str, float]:
@@ -257,6 +249,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {row['method']} | {mark}{point_label(row['point'])}{mark} | " + " | ".join(cells)
                      + f" | {row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _where(point: dict[str, Any]) -> str:
+    return f" (tune_grid {point_label(point)})"
 
 
 def _fingerprint(parts: list[list[Example]]) -> str:

@@ -113,6 +113,16 @@ class Profile:
             merged.update(overrides.get(method, {}))
         return merged
 
+    def method_config(self, method: str, benchmark: str, seed: int, extra: dict[str, Any] | None = None,
+                      where: str = ""):
+        """The method's validated config on this benchmark: its overrides, then `extra`, then the seed."""
+        from ulmr.unlearning.config import build_config
+        from ulmr.unlearning.registry import get_method
+
+        config_class = get_method(method).config_class
+        overrides = {**self.method_config_overrides(method, config_class, benchmark), **(extra or {}), "seed": seed}
+        return build_config(config_class, overrides, where=f"{method} config{where}")
+
 
 def load_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> Profile:
     """A shipped profile by name, or a YAML file; dotted-key overrides applied before validation."""
