@@ -13,6 +13,8 @@ from ulmr.results import RESULT_SCHEMA
 
 # what `ulmr-bench run` writes beside a result (a method's artifacts, e.g. ULMR's pairs): not results
 SIDECAR_SUFFIXES = (".artifacts.json",)
+# where `ulmr-bench tune` keeps its grid points inside a results directory: not results either
+TUNE_FOLDER = "tune"
 # field -> type every stored result must have; they place it in a table row
 REQUIRED_FIELDS = {"benchmark": str, "selection": str, "model": str, "method": str, "seed": int, "status": str}
 STATUSES = ("ok", "failed")
@@ -30,15 +32,15 @@ class SkippedFile:
 def load_results(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[SkippedFile]]:
     """The results stored under `results_dir` (recursively, in path order), and the *.json files
     skipped: unreadable, foreign, or a second result for a run already read (the run's own sidecar
-    files are passed over silently)."""
+    files and the tune/ folder are passed over silently)."""
     root = Path(results_dir)
     if not root.is_dir():
         raise UlmrError(f"results directory {root} not found: pass the --results-dir that `ulmr-bench run` wrote")
     results, skipped, first_path_of_run = [], [], {}
     for path in sorted(root.rglob("*.json")):
-        if path.name.endswith(SIDECAR_SUFFIXES):
-            continue
         relative = path.relative_to(root).as_posix()
+        if path.name.endswith(SIDECAR_SUFFIXES) or relative.split("/")[0] == TUNE_FOLDER:
+            continue
         try:
             result = _read_result(path)
         except ValueError as exc:

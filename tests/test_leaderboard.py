@@ -74,6 +74,8 @@ def results_dir(tmp_path) -> Path:
     root = write_results(tmp_path / "results", TOFU_RESULTS | RWKU_RESULTS)
     (root / "tofu" / "ga-0.samples.jsonl").write_text('{"task": "x"}\n')  # not a result: ignored silently
     (root / "tofu" / "ga-0.artifacts.json").write_text('{"pairs": []}')  # a method's sidecar: the same
+    (root / "tune" / "tofu" / "ga").mkdir(parents=True)  # `ulmr-bench tune`'s grid points: the same
+    (root / "tune" / "tofu" / "ga" / "lr_1e-05.json").write_text('{"scores": {}}')
     (root / "broken.json").write_text('{"schema": "ulmr-bench/result/v1", "benchmark": ')
     (root / "nested").mkdir()
     (root / "nested" / "foreign.json").write_text(json.dumps({"hello": "world"}))
