@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The committed quick-profile leaderboard: all 8 methods x seeds 0,1,2 on TOFU forget01 and RWKU
+# target 1, with the tuned defaults of ulmr/profiles/quick.yaml. TOFU and RWKU run as two
+# single-threaded processes: on the 2-core development CPU that does about 1.3x the work of one
+# two-threaded process. Resumable: run it again and it skips every stored result.
+#
+#   bash leaderboard/run_quick.sh [RESULTS_DIR]      (default: results; logs beside the results)
+#
+# Then copy the result JSONs (not the .samples.jsonl) to leaderboard/results and regenerate:
+#   ulmr-bench leaderboard --results-dir leaderboard/results --output leaderboard
+set -euo pipefail
+cd "$(dirname "$0")/.."
+results=${1:-results}
+data=${ULMR_DATA_DIR:-../shared/data}
+mkdir -p "$results"
+pids=()
+for benchmark in tofu rwku; do
+  OMP_NUM_THREADS=1 .venv/bin/ulmr-bench run --benchmarks "$benchmark" --methods all --seeds 0,1,2 \
+    --data-dir "$data" --results-dir "$results" --leaderboard-dir "$results/leaderboard-$benchmark" \
+    > "$results/run-$benchmark.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+.venv/bin/ulmr-bench leaderboard --results-dir "$results" --output "$results/leaderboard"
+exit $status
