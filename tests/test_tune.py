@@ -68,6 +68,9 @@ def test_grid_points_are_the_product_in_written_order():
 def test_tune_on_the_smoke_profile_stores_every_point_chooses_one_and_resumes(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("ULMR_CACHE", str(tmp_path / "cache"))
     profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["ga", "rt"]})
+    lines = []
+    assert tune(profile, tmp_path / "results", str(data_dir), lines.append, stored_only=True)["tofu"]["rows"] == []
+    assert "0 of 4 grid points stored" in lines[-1]
     summary = tune(profile, tmp_path / "results", data_dir=str(data_dir), echo=lambda line: None)["tofu"]
     folder = tmp_path / "results" / "tune" / "tiny-random" / "tofu-forget01"
     assert sorted(p.name for p in (folder / "ga").iterdir()) == ["lr_0.001.json", "lr_1e-05.json"]
@@ -88,6 +91,11 @@ def test_tune_on_the_smoke_profile_stores_every_point_chooses_one_and_resumes(tm
     again = tune(profile, tmp_path / "results", data_dir=str(data_dir), echo=lambda line: None)["tofu"]
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("lr_*.json")} == stamps
     assert again["rows"] == summary["rows"] and again["chosen"] == summary["chosen"]
+    (folder / "rt" / "lr_0.001.json").unlink()  # a grid in progress: the stored points, no summary written
+    (folder / "summary.json").unlink()
+    partial = tune(profile, tmp_path / "results", str(data_dir), lines.append, stored_only=True)["tofu"]
+    assert len(partial["rows"]) == 3 and "3 of 4 grid points stored" in lines[-1]
+    assert not (folder / "summary.json").exists() and not (folder / "rt" / "lr_0.001.json").exists()
 
 
 def test_tune_cli_rejects_a_grid_key_no_method_config_has(tmp_path, data_dir, monkeypatch, capsys):

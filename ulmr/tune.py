@@ -109,8 +109,11 @@ def point_label(point: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items())
 
 
-def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None, echo: Echo = print) -> dict:
-    """Run the grid of every profile method on every profile benchmark; return {benchmark: summary}."""
+def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None, echo: Echo = print,
+         stored_only: bool = False) -> dict:
+    """Run the grid of every profile method on every profile benchmark; return {benchmark: summary}.
+    stored_only: train no grid point; print the table of the points stored so far (a grid in progress)
+    and write no summary files."""
     from ulmr.prompts import PromptTemplate
 
     for benchmark in profile.benchmarks:  # an unknown method or grid key fails before any work
@@ -118,8 +121,8 @@ def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None,
         for method, point in itertools.product(profile.methods, grid_points(plan.tune_grid)):
             profile.method_config(method, benchmark, profile.seeds[0], point, _where(point))
     template = PromptTemplate.from_options(profile.template)
-    return {benchmark: _BenchmarkTuning(profile, benchmark, template, Path(results_dir), data_dir, echo).run()
-            for benchmark in profile.benchmarks}
+    return {benchmark: _BenchmarkTuning(profile, benchmark, template, Path(results_dir), data_dir, echo)
+            .run(stored_only) for benchmark in profile.benchmarks}
 
 
 class _BenchmarkTuning:
@@ -134,7 +137,7 @@ class _BenchmarkTuning:
         self.folder = results_dir / "tune" / self.prepared_run.folder.relative_to(results_dir)
         self.seed = profile.seeds[0]
 
-    def run(self) -> dict[str, Any]:
+    def run(self, stored_only: bool = False) -> dict[str, Any]:
         from ulmr.unlearning.tasks import build_task
 
         prepared_run = self.prepared_run
@@ -152,9 +155,14 @@ class _BenchmarkTuning:
         reference = prepared_run.reference_model
         reference_forget = 0.0 if reference is None else self._stored_or(
             "reference", {"model": reference, "split": fingerprint}, lambda: self._scores(reference, split))["forget"]
-        rows = [self._point(method, point, before, split, fingerprint, before_scores, reference_forget)
-                for method in self.profile.methods for point in grid_points(self.plan.tune_grid)]
+        points = [(method, point) for method in self.profile.methods for point in grid_points(self.plan.tune_grid)]
+        rows = [self._point(method, point, before, split, fingerprint, before_scores, reference_forget, stored_only)
+                for method, point in points]
+        rows = [row for row in rows if row is not None]
         summary = self._summary(rows, before_scores, reference_forget, len(split.forget), len(split.retain))
+        if stored_only:
+            self.echo(f"{len(rows)} of {len(points)} grid points stored\n" + summary_markdown(summary))
+            return summary
         write_json_atomic(self.folder / "summary.json", summary)
         (self.folder / "summary.md").write_text(summary_markdown(summary))
         self.echo(summary_markdown(summary))
@@ -167,7 +175,8 @@ class _BenchmarkTuning:
 
         return {row["question"] for row in load_tofu("retain_perturbed", self.prepared_run.data_dir)}
 
-    def _point(self, method, point, before, split, fingerprint, before_scores, reference_forget) -> dict:
+    def _point(self, method, point, before, split, fingerprint, before_scores, reference_forget,
+               stored_only: bool) -> dict | None:
         from ulmr.models import load_model
         from ulmr.unlearning.config import config_to_dict
         from ulmr.unlearning.registry import get_method
@@ -179,6 +188,8 @@ class _BenchmarkTuning:
         key = _key(content)
         path = self.folder / method / f"{_slug(point_label(point))}.json"
         stored = _stored(path, key)
+        if stored is None and stored_only:
+            return None
         if stored is None:
             self.prepared_run.say(f"tune {method} {point_label(point)}: unlearning")
             start = time.time()
@@ -217,7 +228,7 @@ class _BenchmarkTuning:
 
     def _summary(self, rows, before_scores, reference_forget, n_forget, n_retain) -> dict[str, Any]:
         chosen = {}
-        for method in self.profile.methods:
+        for method in dict.fromkeys(r["method"] for r in rows):
             candidates = [r for r in rows if r["method"] == method]
             best = max(candidates, key=lambda r: r["score"])  # max keeps the first of equal scores
             chosen[method] = best["point"] if best["status"] == "ok" else None

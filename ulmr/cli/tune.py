@@ -14,7 +14,9 @@ from ulmr.cli.run import profile_overrides, run_selection_options
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Grid results go under <results-dir>/tune/; the prepared models' reference rows beside "
                    "those of `ulmr-bench run` with the same folder.")
-def tune_command(profile, methods, benchmarks, seeds, model, set_options, data_dir, results_dir):
+@click.option("--stored-only", is_flag=True,
+              help="Train no grid point: print the table of the points stored so far (a grid in progress).")
+def tune_command(profile, methods, benchmarks, seeds, model, set_options, data_dir, results_dir, stored_only):
     """Train every method on each point of the profile's tune_grid, score held-out validation data,
     and print the chosen setting per method (the protocol: ulmr/tune.py, README "Tuning")."""
     import yaml
@@ -23,7 +25,9 @@ def tune_command(profile, methods, benchmarks, seeds, model, set_options, data_d
     from ulmr.tune import tune
 
     chosen = load_profile(profile, profile_overrides(methods, benchmarks, seeds, model, set_options))
-    summaries = tune(chosen, results_dir, data_dir=data_dir, echo=click.echo)
+    summaries = tune(chosen, results_dir, data_dir=data_dir, echo=click.echo, stored_only=stored_only)
+    if stored_only:
+        return
     for benchmark, summary in summaries.items():
         click.echo(f"chosen on {benchmark} (put under {benchmark}.method_overrides):\n"
                    + yaml.safe_dump(summary["chosen"], default_flow_style=None, sort_keys=False))
