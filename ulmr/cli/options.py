@@ -58,3 +58,45 @@ def template_from(kwargs) -> PromptTemplate:
 def _unescape(tag: str) -> str:
     """Let shells pass a newline as the two characters \\n."""
     return tag.replace("\\n", "\n")
+
+
+# which profile and what to run from it: shared by `run` and `tune`
+profile_selection_options = compose(
+    click.option("--profile", default="quick", show_default=True,
+                 help="smoke, quick, full, or a profile YAML file (ulmr/profiles/)."),
+    click.option("--methods", default=None, help="Comma list of methods, or 'all' (default: the profile's)."),
+    click.option("--benchmarks", default=None, help="Comma list: tofu, rwku (default: the profile's)."),
+    click.option("--seeds", default=None, help="Comma list of seeds (default: the profile's)."),
+    click.option("--model", default=None, help="Base model (default: the profile's)."),
+    click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE",
+                 help="Override a profile field by dotted key, e.g. --set tofu.eval.limit=20."),
+)
+
+
+def profile_overrides(methods, benchmarks, seeds, model, set_options) -> dict:
+    """The profile overrides the selection options ask for (--set first, the named options win)."""
+    from ulmr.unlearning.config import parse_set_options
+    from ulmr.unlearning.registry import available_methods
+
+    overrides = parse_set_options(set_options)
+    if methods:
+        overrides["methods"] = list(available_methods()) if methods == "all" else _split(methods)
+    if benchmarks:
+        overrides["benchmarks"] = _split(benchmarks)
+    if seeds:
+        overrides["seeds"] = [_seed(s) for s in _split(seeds)]
+    if model:
+        overrides["model"] = model
+    return overrides
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _seed(text: str) -> int:
+    from ulmr.errors import UlmrError
+
+    if not text.lstrip("-").isdigit():
+        raise UlmrError(f"seed {text!r} is not an integer: pass e.g. --seeds 0,1,2")
+    return int(text)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ulmr.cli.options import data_dir_option
-from ulmr.cli.run import profile_overrides, run_selection_options
+from ulmr.cli.options import data_dir_option, profile_overrides, profile_selection_options
 
 
 @click.command("tune")
-@run_selection_options
+@profile_selection_options
 @data_dir_option
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Grid results go under <results-dir>/tune/; the prepared models' reference rows beside "
