@@ -4,7 +4,8 @@
 # single-threaded processes: on the 2-core development CPU that does about 1.3x the work of one
 # two-threaded process. Resumable: run it again and it skips every stored result.
 #
-#   bash leaderboard/run_quick.sh [RESULTS_DIR]      (default: results; logs beside the results)
+#   bash leaderboard/run_quick.sh [RESULTS_DIR] [BENCHMARKS]
+#     RESULTS_DIR: default results (logs beside the results); BENCHMARKS: default "tofu rwku"
 #
 # Then copy the result JSONs (not the .samples.jsonl) to leaderboard/results and regenerate:
 #   ulmr-bench leaderboard --results-dir leaderboard/results --output leaderboard
@@ -14,7 +15,7 @@ results=${1:-results}
 data=${ULMR_DATA_DIR:-../shared/data}
 mkdir -p "$results"
 pids=()
-for benchmark in tofu rwku; do
+for benchmark in ${2:-tofu rwku}; do
   OMP_NUM_THREADS=1 .venv/bin/ulmr-bench run --benchmarks "$benchmark" --methods all --seeds 0,1,2 \
     --data-dir "$data" --results-dir "$results" --leaderboard-dir "$results/leaderboard-$benchmark" \
     > "$results/run-$benchmark.log" 2>&1 &
