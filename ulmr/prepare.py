@@ -128,14 +128,14 @@ def _fine_tuned(base: str, template: PromptTemplate, examples: list[Example], re
                 seed: int, label: str) -> PreparedModel:
     """SFT `base` on `examples` (answer tokens only) unless the same job is cached."""
     from ulmr.models import cache_dir, load_model, resolve_model, save_checkpoint
-    from ulmr.results import write_json_atomic
+    from ulmr.results import content_key, write_json_atomic
     from ulmr.unlearning.config import build_config, config_to_dict
     from ulmr.unlearning.losses import answer_nll
     from ulmr.unlearning.training import TrainingConfig, train
 
     config = build_config(TrainingConfig, {**recipe, "seed": seed}, where="profile prepare")
     base_path = resolve_model(base)
-    key = _content_key({
+    key = content_key({
         "version": PREPARE_VERSION, "label": label, "base": _weights_fingerprint(base_path),
         "template": template.as_options(), "recipe": config_to_dict(config),
         "examples": [(e.question, e.answer) for e in examples]})
@@ -152,10 +152,6 @@ def _fine_tuned(base: str, template: PromptTemplate, examples: list[Example], re
                "recipe": config_to_dict(config), "training": record.as_dict()}
     write_json_atomic(record_path, summary)  # written last: its presence marks a complete cache entry
     return PreparedModel(str(out), summary)
-
-
-def _content_key(content: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _weights_fingerprint(model_path: str) -> str:

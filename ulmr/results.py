@@ -24,6 +24,7 @@ One JSON file per (model, benchmark, selection, method, seed), schema "ulmr-benc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -35,6 +36,20 @@ from pathlib import Path
 from typing import Any
 
 RESULT_SCHEMA = "ulmr-bench/result/v1"
+
+
+def content_key(content: Any) -> str:
+    """The hash that keys stored work (results, grid points, prepared models) by what made it."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_stored(path: str | Path, key: str) -> dict[str, Any] | None:
+    """The JSON object stored at `path` if it is whole and was made with `key`, else None."""
+    try:
+        stored = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return stored if isinstance(stored, dict) and stored.get("key") == key else None
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:

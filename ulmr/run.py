@@ -9,8 +9,6 @@ evaluation settings, code version); a method that raises is stored as failed and
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import re
 import time
 import traceback
@@ -23,7 +21,7 @@ from ulmr.errors import UlmrError, first_line
 from ulmr.evaluation import EvalSettings, evaluate
 from ulmr.profiles import Profile
 from ulmr.prompts import PromptTemplate
-from ulmr.results import RESULT_SCHEMA, provenance, write_json_atomic
+from ulmr.results import RESULT_SCHEMA, content_key, provenance, read_stored, write_json_atomic
 
 Echo = Callable[[str], None]
 
@@ -274,17 +272,13 @@ class _BenchmarkRun:
         payload = {**content, "model": self.profile.model, "benchmark": self.benchmark,
                    "selection": self.selection, "template": self.template.as_options(),
                    "eval": eval_settings, "code_version": __version__}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+        return content_key(payload)
 
 
 def _stored(path: Path, key: str) -> dict[str, Any] | None:
     """The stored result at `path` if it is complete, successful and made with the same key."""
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    ok = isinstance(result, dict) and result.get("status") == "ok" and result.get("key") == key
-    return result if ok else None
+    result = read_stored(path, key)
+    return result if result is not None and result.get("status") == "ok" else None
 
 
 def _forget_only(settings: EvalSettings) -> EvalSettings:
@@ -296,7 +290,7 @@ def _forget_only(settings: EvalSettings) -> EvalSettings:
 
 def _task_fingerprint(task) -> str:
     content = [(e.question, e.answer) for e in task.forget + task.retain + task.forget_questions]
-    return hashlib.sha256(json.dumps([content, task.refusals], default=str).encode()).hexdigest()
+    return content_key([content, task.refusals])
 
 
 def _preparation_summary(record: dict[str, Any]) -> dict[str, Any]:

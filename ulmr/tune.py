@@ -26,9 +26,7 @@ Results: <results_dir>/tune/<model>/<benchmark>-<selection>/<method>/<point>.jso
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any, Callable
 from ulmr import __version__
 from ulmr.errors import UlmrError
 from ulmr.profiles import Profile
-from ulmr.results import provenance, write_json_atomic
+from ulmr.results import content_key, provenance, read_stored, write_json_atomic
 from ulmr.run import _slug
 from ulmr.unlearning.interface import Example, UnlearningTask
 
@@ -187,7 +185,7 @@ class _BenchmarkTuning:
                    "model": before.record.get("key", before.path)}
         key = _key(content)
         path = self.folder / method / f"{_slug(point_label(point))}.json"
-        stored = _stored(path, key)
+        stored = read_stored(path, key)
         if stored is None and stored_only:
             return None
         if stored is None:
@@ -220,7 +218,7 @@ class _BenchmarkTuning:
 
     def _stored_or(self, name: str, content: dict, compute: Callable[[], dict]) -> dict[str, float]:
         path, key = self.folder / f"{name}.json", _key(content)
-        stored = _stored(path, key)
+        stored = read_stored(path, key)
         if stored is None:
             stored = {"scores": compute(), "status": "ok", "key": key}
             write_json_atomic(path, stored)
@@ -267,18 +265,8 @@ def _where(point: dict[str, Any]) -> str:
 
 
 def _fingerprint(parts: list[list[Example]]) -> str:
-    content = [[(ex.question, ex.answer) for ex in part] for part in parts]
-    return hashlib.sha256(json.dumps(content).encode()).hexdigest()
+    return content_key([[(ex.question, ex.answer) for ex in part] for part in parts])
 
 
 def _key(content: dict[str, Any]) -> str:
-    payload = {**content, "code_version": __version__}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _stored(path: Path, key: str) -> dict | None:
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return stored if isinstance(stored, dict) and stored.get("key") == key else None
+    return content_key({**content, "code_version": __version__})
