@@ -105,16 +105,25 @@ def test_profiles_load_and_document_their_budgets():
 
 
 def test_method_overrides_layer_profile_then_benchmark():
-    from baselines.ga import GAConfig
-    from ulmr.ulmr_method.method import UlmrConfig
-
     profile = load_profile("smoke", {
         "method_overrides": {"all": {"lr": 1e-4, "k": 3}, "ga": {"epochs": 2}},
         "rwku.method_overrides": {"all": {"lr": 2e-4}, "ulmr": {"k": 1}}})
-    assert profile.method_config_overrides("ga", GAConfig, "tofu") == {"lr": 1e-4, "epochs": 2}
-    assert profile.method_config_overrides("ga", GAConfig, "rwku") == {"lr": 2e-4, "epochs": 2}
-    assert profile.method_config_overrides("ulmr", UlmrConfig, "rwku")["k"] == 1  # "all"'s k is ULMR's too
-    assert profile.method_config_overrides("ulmr", UlmrConfig, "tofu")["k"] == 3
+    assert profile.method_config_overrides("ga", "tofu") == {"lr": 1e-4, "epochs": 2}
+    assert profile.method_config_overrides("ga", "rwku") == {"lr": 2e-4, "epochs": 2}
+    assert profile.method_config_overrides("ulmr", "rwku")["k"] == 1  # "all"'s k is ULMR's too
+    assert profile.method_config_overrides("ulmr", "tofu")["k"] == 3
+
+
+def test_an_ablation_takes_its_parents_overrides_but_keeps_its_presets():
+    profile = load_profile("smoke", {"method_overrides": {"all": {"lr": 1e-4}, "ulmr": {"k": 3, "alpha": 0.5},
+                                                          "ulmr-noavg": {"epochs": 7}},
+                                     "rwku.method_overrides": {"ulmr": {"max_questions": 40}}})
+    noavg = profile.method_config("ulmr-noavg", "rwku", seed=0)
+    assert (noavg.lr, noavg.k, noavg.max_questions, noavg.epochs) == (1e-4, 3, 40, 7)
+    assert noavg.alpha == 1.0  # its preset: the parent's alpha override does not undo the ablation
+    norewrite = profile.method_config("ulmr-norewrite", "tofu", seed=0)
+    assert (norewrite.k, norewrite.alpha, norewrite.rewrite) == (3, 0.5, False)
+    assert not hasattr(profile.method_config("ga", "tofu", seed=0), "k")
 
 
 def test_gate_stops_a_run_whose_target_did_not_learn_and_stores_the_base_row(tmp_path, data_dir, monkeypatch):

@@ -8,6 +8,7 @@ Dotted `--set` keys override single fields: `--set tofu.eval.limit=20 --set seed
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,18 +99,28 @@ class Profile:
     prepare_seed: int = 0
     tofu: TofuPlan = field(default_factory=TofuPlan)
     rwku: RwkuPlan = field(default_factory=RwkuPlan)
-    # per-method config overrides; "all" applies first, to every method whose config has the key
+    # per-method config overrides; "all" applies first, to every method whose config has the key;
+    # a method's entry also reaches its registered subclasses (ULMR's ablations), see below
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def method_config_overrides(self, method: str, config_class: type, benchmark: str) -> dict[str, Any]:
+    def method_config_overrides(self, method: str, benchmark: str) -> dict[str, Any]:
         """The profile's overrides, then the benchmark's: each "all" (keys the config has), then
-        the method's own."""
-        import dataclasses
+        those of the registered methods this one subclasses, then the method's own. A variant such
+        as the ablation `ulmr-noavg` so trains on `ulmr`'s budget, except the fields its config
+        presets (alpha there), which an override of its parent must not undo."""
+        from ulmr.unlearning.registry import available_methods, get_method
 
+        method_class = get_method(method)
+        config_class = method_class.config_class
         known = {f.name for f in dataclasses.fields(config_class)}
+        registered = set(available_methods().values())
+        parents = [c for c in reversed(method_class.__mro__[1:]) if c in registered]
         merged: dict[str, Any] = {}
         for overrides in (self.method_overrides, getattr(self, benchmark).method_overrides):
             merged.update({k: v for k, v in overrides.get("all", {}).items() if k in known})
+            for parent in parents:
+                presets = _changed_defaults(parent.config_class, config_class)
+                merged.update({k: v for k, v in overrides.get(parent.name, {}).items() if k not in presets})
             merged.update(overrides.get(method, {}))
         return merged
 
@@ -119,9 +130,18 @@ class Profile:
         from ulmr.unlearning.config import build_config
         from ulmr.unlearning.registry import get_method
 
-        config_class = get_method(method).config_class
-        overrides = {**self.method_config_overrides(method, config_class, benchmark), **(extra or {}), "seed": seed}
-        return build_config(config_class, overrides, where=f"{method} config{where}")
+        overrides = {**self.method_config_overrides(method, benchmark), **(extra or {}), "seed": seed}
+        return build_config(get_method(method).config_class, overrides, where=f"{method} config{where}")
+
+
+def _changed_defaults(parent_config: type, config: type) -> set[str]:
+    """The fields whose default `config` changes from `parent_config`'s (a variant's presets)."""
+    parent_defaults = {f.name: _default(f) for f in dataclasses.fields(parent_config)}
+    return {f.name for f in dataclasses.fields(config) if _default(f) != parent_defaults.get(f.name, _default(f))}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def load_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> Profile:
