@@ -157,3 +157,15 @@ def test_rwku_gate_stops_a_run_without_knowledge_of_the_targets(tmp_path, data_d
     before = json.loads((tmp_path / "results" / "tiny-random" / "rwku-1" / "before-seed0.json").read_text())
     assert before["preparation"]["injected"] is overrides["rwku.inject"]
     assert not (tmp_path / "results" / "tiny-random" / "rwku-1" / "ga-seed0.json").exists()
+
+
+def test_runs_go_seed_by_seed_so_a_stopped_run_leaves_whole_rounds(tmp_path, monkeypatch):
+    from ulmr import run as run_module
+
+    order = []
+    monkeypatch.setattr(run_module._BenchmarkRun, "prepare", lambda self: None)
+    monkeypatch.setattr(run_module._BenchmarkRun, "run_method",
+                        lambda self, method, seed, before: order.append((method, seed)))
+    profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["ga", "npo"], "seeds": [0, 1]})
+    run(profile, tmp_path, echo=lambda message: None)
+    assert order == [("ga", 0), ("npo", 0), ("ga", 1), ("npo", 1)]

@@ -86,8 +86,9 @@ class _BenchmarkRun:
 
     def run_all(self) -> None:
         before = self.prepare()
-        for method in self.profile.methods:
-            for seed in self.profile.seeds:
+        # seed by seed: a run stopped part-way leaves whole rounds, every method on the same seeds
+        for seed in self.profile.seeds:
+            for method in self.profile.methods:
                 self.run_method(method, seed, before)
 
     # ---- preparation and the reference rows ------------------------------------------------
