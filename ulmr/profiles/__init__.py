@@ -114,13 +114,13 @@ class Profile:
         config_class = method_class.config_class
         known = {f.name for f in dataclasses.fields(config_class)}
         registered = set(available_methods().values())
-        parents = [c for c in reversed(method_class.__mro__[1:]) if c in registered]
+        parents = [(c.name, _changed_defaults(c.config_class, config_class))  # outermost first
+                   for c in reversed(method_class.__mro__[1:]) if c in registered]
         merged: dict[str, Any] = {}
         for overrides in (self.method_overrides, getattr(self, benchmark).method_overrides):
             merged.update({k: v for k, v in overrides.get("all", {}).items() if k in known})
-            for parent in parents:
-                presets = _changed_defaults(parent.config_class, config_class)
-                merged.update({k: v for k, v in overrides.get(parent.name, {}).items() if k not in presets})
+            for parent, presets in parents:
+                merged.update({k: v for k, v in overrides.get(parent, {}).items() if k not in presets})
             merged.update(overrides.get(method, {}))
         return merged
 
