@@ -163,8 +163,8 @@ def test_runs_go_seed_by_seed_so_a_stopped_run_leaves_whole_rounds(tmp_path, mon
     from ulmr import run as run_module
 
     order = []
-    monkeypatch.setattr(run_module._BenchmarkRun, "prepare", lambda self: None)
-    monkeypatch.setattr(run_module._BenchmarkRun, "run_method",
+    monkeypatch.setattr(run_module.BenchmarkRun, "prepare", lambda self: None)
+    monkeypatch.setattr(run_module.BenchmarkRun, "run_method",
                         lambda self, method, seed, before: order.append((method, seed)))
     profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["ga", "npo"], "seeds": [0, 1]})
     run(profile, tmp_path, echo=lambda message: None)

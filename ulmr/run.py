@@ -53,7 +53,7 @@ def run(profile: Profile, results_dir: str | Path, data_dir: str | None = None, 
     summary = RunSummary()
     started = time.time()
     for benchmark in profile.benchmarks:
-        runner = _BenchmarkRun(profile, benchmark, template, Path(results_dir), data_dir, backend, echo, summary)
+        runner = BenchmarkRun(profile, benchmark, template, Path(results_dir), data_dir, backend, echo, summary)
         runner.run_all()
     echo(f"\nrun finished in {time.time() - started:.0f} s\n{summary.format()}")
     if leaderboard_dir is not None:
@@ -67,7 +67,7 @@ def run(profile: Profile, results_dir: str | Path, data_dir: str | None = None, 
     return summary
 
 
-class _BenchmarkRun:
+class BenchmarkRun:
     """One benchmark of a run: its prepared models, reference rows and method rows."""
 
     def __init__(self, profile: Profile, benchmark: str, template: PromptTemplate, results_dir: Path,
@@ -76,7 +76,7 @@ class _BenchmarkRun:
         self.plan = profile.tofu if benchmark == "tofu" else profile.rwku
         self.selection = self.plan.split if benchmark == "tofu" else self.plan.targets
         self.data_dir, self.echo, self.summary = data_dir, echo, summary
-        self.folder = results_dir / _slug(profile.model) / f"{benchmark}-{_slug(self.selection)}"
+        self.folder = results_dir / file_slug(profile.model) / f"{benchmark}-{file_slug(self.selection)}"
         self.settings = EvalSettings(benchmark=benchmark, selection=self.selection, data_dir=data_dir,
                                      template=template, backend=backend, **self.plan.eval)
         self.prep_seed = profile.prepare_seed
@@ -310,5 +310,6 @@ def _one_line(exc: BaseException) -> str:
     return message if message == type(exc).__name__ else f"{type(exc).__name__}: {message}"
 
 
-def _slug(text: str) -> str:
+def file_slug(text: str) -> str:
+    """A name safe in a file path: a model path's last part, other characters than [A-Za-z0-9._-] as _."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name if "/" in text else text).strip("_")

@@ -36,7 +36,7 @@ from ulmr import __version__
 from ulmr.errors import UlmrError
 from ulmr.profiles import Profile
 from ulmr.results import content_key, provenance, read_stored, write_json_atomic
-from ulmr.run import _slug
+from ulmr.run import file_slug
 from ulmr.unlearning.interface import Example, UnlearningTask
 
 Echo = Callable[[str], None]
@@ -125,10 +125,10 @@ def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None,
 
 class _BenchmarkTuning:
     def __init__(self, profile: Profile, benchmark: str, template, results_dir: Path, data_dir, echo: Echo):
-        from ulmr.run import RunSummary, _BenchmarkRun
+        from ulmr.run import RunSummary, BenchmarkRun
 
         # the run's own preparation (cached models, reference rows, gates), results beside the run's
-        self.prepared_run = _BenchmarkRun(profile, benchmark, template, results_dir, data_dir, "fast", echo,
+        self.prepared_run = BenchmarkRun(profile, benchmark, template, results_dir, data_dir, "fast", echo,
                                           RunSummary())
         self.profile, self.benchmark, self.echo = profile, benchmark, echo
         self.plan = self.prepared_run.plan
@@ -184,7 +184,7 @@ class _BenchmarkTuning:
         content = {"method": method, "config": config_to_dict(config), "split": fingerprint,
                    "model": before.record.get("key", before.path)}
         key = _key(content)
-        path = self.folder / method / f"{_slug(point_label(point))}.json"
+        path = self.folder / method / f"{file_slug(point_label(point))}.json"
         stored = read_stored(path, key)
         if stored is None and stored_only:
             return None
