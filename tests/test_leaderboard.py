@@ -205,3 +205,10 @@ def test_results_are_written_readable_by_others(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_committed_leaderboard_is_what_its_committed_results_give():
+    committed = Path(__file__).resolve().parents[1] / "leaderboard"
+    results, skipped = load_results(committed / "results")
+    assert results and not skipped
+    assert render_markdown(aggregate(results), skipped) == (committed / "leaderboard.md").read_text(encoding="utf-8")
