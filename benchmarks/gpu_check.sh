@@ -27,19 +27,31 @@ for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "gen
     shutil.copy(f".device/tokenizer/{f}", "/tmp/smol-random/")
 print("built /tmp/smol-random")
 PY
+MODEL=/tmp/smol-random
+
+bench_eval() {  # ARGS...: bench_eval.py on MODEL in bf16, batch 64, without progress bars
+  python3 benchmarks/bench_eval.py --model "$MODEL" --data-dir "$ULMR_DATA_DIR" --batch-size 64 --dtype bf16 "$@" 2>&1 \
+    | grep -v "it/s\]\|Custom kwargs\|For example"
+}
+
+timed_unlearn() {  # METHOD [--set KEY=VALUE]...: bf16 unlearning of forget01, then its timings record
+  local method=$1; shift
+  /usr/bin/time -v python3 -m ulmr unlearn --method "$method" --model "$MODEL" --split forget01 \
+      --output "/tmp/$method" --set dtype=bf16 "$@" 2>&1 \
+    | grep -v "it/s\]" | grep -E "steps in|checkpoint|Elapsed|Maximum resident|rror"
+  python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print({k: r[k] for k in ('generation_time_s', 'steps', 'time_s', 'tokens', 'tokens_per_s', 'peak_memory_bytes', 'compute_dtype', 'device') if k in r})" \
+    "/tmp/$method/unlearn.json"
+}
+
 echo "== lm-eval hf backend, bf16, first 40 docs per task"
-python3 benchmarks/bench_eval.py --model /tmp/smol-random --data-dir "$ULMR_DATA_DIR" --batch-size 64 --dtype bf16 --limit 40 --backend hf 2>&1 | grep -v "it/s\]\|Custom kwargs\|For example"
+bench_eval --limit 40 --backend hf
 echo "== fast backend, bf16, first 40 docs per task"
-python3 benchmarks/bench_eval.py --model /tmp/smol-random --data-dir "$ULMR_DATA_DIR" --batch-size 64 --dtype bf16 --limit 40 2>&1 | grep -v "it/s\]\|Custom kwargs\|For example"
+bench_eval --limit 40
 echo "== unlearn ga, bf16 autocast"
-/usr/bin/time -v python3 -m ulmr unlearn --method ga --model /tmp/smol-random --split forget01 --output /tmp/ga \
-    --set dtype=bf16 2>&1 | grep -v "it/s\]" | grep -E "steps in|checkpoint|Elapsed|Maximum resident|error"
-python3 -c "import json; r = json.load(open('/tmp/ga/unlearn.json')); print({k: r[k] for k in ('steps', 'time_s', 'tokens', 'tokens_per_s', 'peak_memory_bytes', 'compute_dtype', 'device')})"
+timed_unlearn ga
 echo "== unlearn ulmr (rewrite, generate negatives, fine-tune, average), bf16 autocast"
-/usr/bin/time -v python3 -m ulmr unlearn --method ulmr --model /tmp/smol-random --split forget01 --output /tmp/ulmr \
-    --set dtype=bf16 --set k=2 --set epochs=2 --set alpha=0.5 2>&1 | grep -v "it/s\]" | grep -E "steps in|checkpoint|Elapsed|Maximum resident|rror"
-python3 -c "import json; r = json.load(open('/tmp/ulmr/unlearn.json')); print({k: r[k] for k in ('generation_time_s', 'steps', 'time_s', 'tokens', 'tokens_per_s', 'peak_memory_bytes', 'compute_dtype', 'device')})"
+timed_unlearn ulmr --set k=2 --set epochs=2 --set alpha=0.5
 echo "== fast backend, bf16, whole forget01 suite"
-python3 benchmarks/bench_eval.py --model /tmp/smol-random --data-dir "$ULMR_DATA_DIR" --batch-size 64 --dtype bf16 2>&1 | grep -v "it/s\]\|Custom kwargs\|For example"
+bench_eval
 echo "== vLLM"
 python3 -c "import vllm; print('vllm', vllm.__version__)" 2>&1 | tail -1

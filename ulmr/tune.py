@@ -125,11 +125,11 @@ def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None,
 
 class _BenchmarkTuning:
     def __init__(self, profile: Profile, benchmark: str, template, results_dir: Path, data_dir, echo: Echo):
-        from ulmr.run import RunSummary, BenchmarkRun
+        from ulmr.run import BenchmarkRun, RunSummary
 
         # the run's own preparation (cached models, reference rows, gates), results beside the run's
         self.prepared_run = BenchmarkRun(profile, benchmark, template, results_dir, data_dir, "fast", echo,
-                                          RunSummary())
+                                         RunSummary())
         self.profile, self.benchmark, self.echo = profile, benchmark, echo
         self.plan = self.prepared_run.plan
         self.folder = results_dir / "tune" / self.prepared_run.folder.relative_to(results_dir)
