@@ -3,7 +3,7 @@ depends on the clock or on where the files lie, so the same results give the sam
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from leaderboard.loading import SkippedFile
@@ -101,6 +101,10 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
     injected = _distinct(results, "preparation", "injected")
     if injected:
         lines.append(f"knowledge injected before unlearning (`preparation.injected`): {', '.join(injected)}")
+    trainings = _preparation_trainings(results)
+    if trainings:
+        lines.append("prepared models (`preparation.label`: final training loss × runs; two losses under "
+                     "one label are two trainings of the same recipe): " + trainings)
     commands = _distinct(results, "provenance", "command")
     if commands:
         lines.append("commands: " + ", ".join(f"`{command}`" for command in commands))
@@ -117,6 +121,18 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
                 ("dates", _date_range(_distinct(results, "provenance", "created")))]
     lines += [f"{label}: {', '.join(values)}" for label, values in labelled if values]
     return lines
+
+
+def _preparation_trainings(results: list[dict[str, Any]]) -> str:
+    """Which trained model each run started from: a cache rebuilt on another machine trains again,
+    and floating-point order makes it a different model under the same recipe."""
+    runs: dict[str, Counter] = defaultdict(Counter)
+    for result in results:
+        label, loss = _get(result, "preparation", "label"), _get(result, "preparation", "training", "final_loss")
+        if label is not None and isinstance(loss, (int, float)):
+            runs[str(label)][f"{loss:.6g}"] += 1
+    return "; ".join(f"{label} " + ", ".join(f"{loss} × {n}" for loss, n in sorted(runs[label].items()))
+                     for label in sorted(runs))
 
 
 def _date_range(timestamps: list[str]) -> list[str]:
