@@ -80,6 +80,16 @@ def test_smoke_run_records_failures_resumes_and_survives_interrupts(tmp_path, da
     assert seed1["unlearning"]["config"]["seed"] == 1
 
 
+def test_the_cli_run_writes_its_leaderboard_beside_its_results(tmp_path, data_dir, monkeypatch):
+    # never into the checkout's leaderboard/: that one is rendered from leaderboard/results only
+    monkeypatch.setenv("ULMR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    main(["run", "--profile", "smoke", "--benchmarks", "tofu", "--methods", "ga", "--data-dir", str(data_dir),
+          "--results-dir", "results"])
+    assert (tmp_path / "results" / "leaderboard" / "leaderboard.md").is_file()
+    assert not (tmp_path / "leaderboard").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["run", "--profile", "smoke", "--methods", "no-such-method"], "unknown method 'no-such-method'"),
     (["run", "--profile", "no-such-profile"], "unknown profile 'no-such-profile'"),

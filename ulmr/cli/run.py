@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ulmr.cli.options import data_dir_option, profile_overrides, profile_selection_options
@@ -11,8 +13,9 @@ from ulmr.cli.options import data_dir_option, profile_overrides, profile_selecti
 @profile_selection_options
 @data_dir_option
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--leaderboard-dir", default="leaderboard", show_default=True, type=click.Path(file_okay=False),
-              help="Where the leaderboard markdown and plot are regenerated after the run.")
+@click.option("--leaderboard-dir", default=None, type=click.Path(file_okay=False),
+              help="Where the leaderboard markdown and plots are regenerated after the run (default: "
+                   "RESULTS_DIR/leaderboard; the committed leaderboard/ is regenerated only on purpose).")
 @click.option("--backend", type=click.Choice(["fast", "hf", "vllm"]), default="fast", show_default=True,
               help="Evaluation backend; vllm saves each unlearned model and scores it with lm-eval's vLLM model.")
 def run_command(profile, methods, benchmarks, seeds, model, set_options, data_dir, results_dir, leaderboard_dir,
@@ -24,5 +27,5 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
     chosen = load_profile(profile, profile_overrides(methods, benchmarks, seeds, model, set_options))
     click.echo(f"profile {chosen.name}: {chosen.model}, benchmarks {','.join(chosen.benchmarks)}, "
                f"methods {','.join(chosen.methods)}, seeds {','.join(map(str, chosen.seeds))}")
-    run(chosen, results_dir, data_dir=data_dir, backend=backend, leaderboard_dir=leaderboard_dir,
-        echo=click.echo)
+    run(chosen, results_dir, data_dir=data_dir, backend=backend,
+        leaderboard_dir=leaderboard_dir or Path(results_dir) / "leaderboard", echo=click.echo)
