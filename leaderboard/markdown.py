@@ -105,6 +105,10 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
     if trainings:
         lines.append("prepared models (`preparation.label`: final training loss × runs; two losses under "
                      "one label are two trainings of the same recipe): " + trainings)
+    dtypes = Counter(str(dtype) for dtype in (_get(r, "unlearning", "compute_dtype") for r in results) if dtype)
+    if dtypes:
+        lines.append("unlearning compute dtype (`unlearning.compute_dtype`; `auto` is bf16 on hardware with "
+                     "bf16 units, else fp32): " + ", ".join(f"{d} × {n}" for d, n in sorted(dtypes.items())))
     commands = _distinct(results, "provenance", "command")
     if commands:
         lines.append("commands: " + ", ".join(f"`{command}`" for command in commands))

@@ -175,17 +175,20 @@ def test_failed_runs_provenance_and_directions_are_listed_under_the_table(result
             in rwku_section)
 
 
-def test_the_notes_say_which_training_of_each_prepared_model_the_runs_started_from(tmp_path):
+def test_the_notes_say_which_prepared_model_and_compute_dtype_each_run_used(tmp_path):
     def prepared(loss):
         return {"label": "tofu-target", "training": {"final_loss": loss}}
 
-    results = [tofu("ga", seed, GA_RATIOS[seed], rouge=0.3, utility=0.45, preparation=prepared(loss))
-               for seed, loss in [(0, 0.18053641), (1, 0.18053641), (2, 0.18539714)]]
+    results = [tofu("ga", seed, GA_RATIOS[seed], rouge=0.3, utility=0.45, preparation=prepared(loss),
+                    unlearning={"compute_dtype": dtype})
+               for seed, loss, dtype in [(0, 0.18053641, "float32"), (1, 0.18053641, "float32"),
+                                         (2, 0.18539714, "bfloat16")]]
     results.append(tofu("retain", 0, RETAIN_RATIOS[0], rouge=0.1, utility=0.6,
                         preparation={"label": "tofu-retain", "training": {"final_loss": 0.3854}}))
     root = write_results(tmp_path, {f"{r['method']}-{r['seed']}.json": r for r in results})
     markdown = render_markdown(aggregate(load_results(root)[0]), [])
     assert "tofu-retain 0.3854 × 1; tofu-target 0.180536 × 2, 0.185397 × 1" in markdown
+    assert "else fp32): bfloat16 × 1, float32 × 2\n" in markdown
 
 
 def test_cli_writes_the_files_and_prints_their_paths(results_dir, tmp_path, capsys):

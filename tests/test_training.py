@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ulmr.errors import UlmrError
+from ulmr.hardware import fast_dtype
 from ulmr.prompts import PromptTemplate, answer_with_eos, render_prompt, split_pair
 from ulmr.unlearning.batches import IGNORE_INDEX, Encoded, encode_example, micro_batches
 from ulmr.unlearning.interface import Example
@@ -124,7 +125,8 @@ def test_full_finetuning_trains_every_weight_and_records_the_run(tiny):
     assert record.trainable_params == n_params
     assert record.steps == 3 and len(record.losses) == 3 and record.epochs == 1.0
     assert record.tokens > 0 and record.tokens_per_s > 0 and record.peak_memory_bytes > 0
-    assert record.compute_dtype == "float32" and not trained.training
+    # dtype auto: bf16 on a CPU with bf16 units (AVX512-BF16/AMX), else fp32
+    assert record.compute_dtype == str(fast_dtype("cpu")).removeprefix("torch.") and not trained.training
 
 
 def test_lora_trains_adapters_and_merges_them_into_a_plain_model(tiny):
