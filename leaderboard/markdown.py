@@ -129,7 +129,7 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
 
 def _preparation_trainings(results: list[dict[str, Any]]) -> str:
     """Which trained model each run started from: a cache rebuilt on another machine trains again,
-    and floating-point order makes it a different model under the same recipe."""
+    in another dtype or floating-point order: a different model under the same recipe."""
     runs: dict[str, Counter] = defaultdict(Counter)
     for result in results:
         label, loss = _get(result, "preparation", "label"), _get(result, "preparation", "training", "final_loss")
