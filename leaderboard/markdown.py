@@ -108,7 +108,7 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
     dtypes = Counter(str(dtype) for dtype in (_get(r, "unlearning", "compute_dtype") for r in results) if dtype)
     if dtypes:
         lines.append("unlearning compute dtype (`unlearning.compute_dtype`; `auto` is bf16 on hardware with "
-                     "bf16 units, else fp32): " + ", ".join(f"{d} × {n}" for d, n in sorted(dtypes.items())))
+                     "bf16 units, else fp32): " + _tally(dtypes))
     commands = _distinct(results, "provenance", "command")
     if commands:
         lines.append("commands: " + ", ".join(f"`{command}`" for command in commands))
@@ -135,8 +135,12 @@ def _preparation_trainings(results: list[dict[str, Any]]) -> str:
         label, loss = _get(result, "preparation", "label"), _get(result, "preparation", "training", "final_loss")
         if label is not None and isinstance(loss, (int, float)):
             runs[str(label)][f"{loss:.6g}"] += 1
-    return "; ".join(f"{label} " + ", ".join(f"{loss} × {n}" for loss, n in sorted(runs[label].items()))
-                     for label in sorted(runs))
+    return "; ".join(f"{label} {_tally(runs[label])}" for label in sorted(runs))
+
+
+def _tally(counts: Counter) -> str:
+    """Counted values as "value × count", sorted by value."""
+    return ", ".join(f"{value} × {n}" for value, n in sorted(counts.items()))
 
 
 def _date_range(timestamps: list[str]) -> list[str]:
