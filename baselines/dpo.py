@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ulmr.unlearning.config import check_range
 from ulmr.unlearning.losses import retain_term, sequence_logprob
 from ulmr.unlearning.registry import register_method
-from ulmr.unlearning.tasks import with_refusals
+from ulmr.unlearning.interface import with_refusals
 from ulmr.unlearning.training import LossUnlearner, TrainingConfig
 
 
@@ -52,14 +52,14 @@ class DPO(LossUnlearner):
     config_class = DPOConfig
     needs_reference = True
 
-    def forget_parts(self, task):
-        questions = task.forget_questions
+    def forget_parts(self, data):
+        questions = data.forget_questions
         if all(q.answer for q in questions):
             rejected = questions
         else:  # RWKU: no true answers; reject the forget texts instead
-            rejected = task.forget
+            rejected = data.forget
             questions = [questions[i % len(questions)] for i in range(len(rejected))]
-        return {"preferred": with_refusals(questions, task.refusals, self.config.seed), "rejected": rejected}
+        return {"preferred": with_refusals(questions, data.refusals, self.config.seed), "rejected": rejected}
 
     def compute_loss(self, model, batch, reference):
         preferred, rejected = batch["preferred"], batch["rejected"]

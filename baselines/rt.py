@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ulmr.unlearning.losses import answer_nll, retain_term
 from ulmr.unlearning.registry import register_method
-from ulmr.unlearning.tasks import with_refusals
+from ulmr.unlearning.interface import with_refusals
 from ulmr.unlearning.training import LossUnlearner, TrainingConfig
 
 
@@ -23,8 +23,8 @@ class RejectionTuning(LossUnlearner):
     name = "rt"
     config_class = TrainingConfig
 
-    def forget_parts(self, task):
-        return {"forget": with_refusals(task.forget_questions, task.refusals, self.config.seed)}
+    def forget_parts(self, data):
+        return {"forget": with_refusals(data.forget_questions, data.refusals, self.config.seed)}
 
     def compute_loss(self, model, batch, reference):
         return {"forget": answer_nll(model, batch["forget"]), **retain_term(model, batch, reference, self.config)}

@@ -9,13 +9,13 @@ from ulmr.errors import UlmrError
 from ulmr.profiles import load_profile
 from ulmr.prompts import PromptTemplate
 from ulmr.tune import criterion, evenly_spread, grid_points, tune, validation_split
-from ulmr.unlearning.interface import Example, UnlearningTask
+from ulmr.unlearning.interface import Example, UnlearningData
 
 
 def _task(n_forget=40, n_retain=100):
     forget = [Example(answer=f"fa{i}", question=f"fq{i}") for i in range(n_forget)]
     retain = [Example(answer=f"ra{i}", question=f"rq{i}") for i in range(n_retain)]
-    return UnlearningTask(benchmark="tofu", name="forget01", forget=forget, retain=retain,
+    return UnlearningData(benchmark="tofu", name="forget01", forget=forget, retain=retain,
                           forget_questions=forget, subjects=[], template=PromptTemplate(), refusals=["no"])
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ulmr.errors import UlmrError
-from ulmr.ulmr_method.averaging import choose_alpha, interpolate, load_weights, soup
+from ulmr.method.averaging import choose_alpha, interpolate, load_weights, soup
 from ulmr.unlearning.training import full_state_dict
 
 

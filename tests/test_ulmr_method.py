@@ -9,9 +9,9 @@ import torch
 from ulmr.errors import UlmrError
 from ulmr.models import load_model
 from ulmr.prompts import PromptTemplate
-from ulmr.ulmr_method.method import UlmrConfig, mean_answer_probability
+from ulmr.method.method import UlmrConfig, mean_answer_probability
 from ulmr.unlearning.config import build_config
-from ulmr.unlearning.interface import Example, UnlearningTask
+from ulmr.unlearning.interface import Example, UnlearningData
 from ulmr.unlearning.losses import answer_nll
 from ulmr.unlearning.registry import get_method
 from ulmr.unlearning.training import TrainingConfig, full_state_dict, train
@@ -29,7 +29,7 @@ FAST = {"rewriter": "template", "k": 2, "lr": 3e-3, "max_steps": 12, "batch_size
 
 
 def toy_task():
-    return UnlearningTask("toy", "zorblax", FORGET, RETAIN, FORGET, ["Zorblax Quint"], TEMPLATE,
+    return UnlearningData("toy", "zorblax", FORGET, RETAIN, FORGET, ["Zorblax Quint"], TEMPLATE,
                           ["I don't know.", "I have no idea about that."])
 
 

@@ -5,10 +5,10 @@ import pytest
 from ulmr.data.tofu import load_idontknow, load_tofu
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate, render_prompt, split_pair
-from ulmr.ulmr_method.generation import TextGenerator
-from ulmr.ulmr_method.leak import leaks_answer, normalise
-from ulmr.ulmr_method.negatives import SUBJECT_REFUSALS, negative_responses
-from ulmr.ulmr_method.rewriting import (TEMPLATES, RewriteJob, clean_generated, fill, original_instructions,
+from ulmr.method.generation import TextGenerator
+from ulmr.method.leak import leaks_answer, normalise
+from ulmr.method.negatives import SUBJECT_REFUSALS, negative_responses
+from ulmr.method.rewriting import (TEMPLATES, RewriteJob, clean_generated, fill, original_instructions,
                                         recurring_names, rejection, rewrite_questions)
 from ulmr.unlearning.interface import Example
 

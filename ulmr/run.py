@@ -217,17 +217,17 @@ class BenchmarkRun:
         start = time.time()
         try:
             config = self.profile.method_config(method, self.benchmark, seed)
-            task = build_task(self.benchmark, self.selection, self.template, self.data_dir)
+            data = build_task(self.benchmark, self.selection, self.template, self.data_dir)
             key = self.key({"method": method, "config": config_to_dict(config),
                             "preparation": before.record.get("key", before.path),
-                            "task": _task_fingerprint(task)})
+                            "data": _data_fingerprint(data)})
             if _stored(path, key) is not None:
                 self.say(f"{method} seed {seed}: stored result found, skipping")
                 self.summary.add(self.benchmark, self.selection, method, seed, "stored", 0)
                 return
             self.say(f"{method} seed {seed}: unlearning")
             model, tokenizer = load_model(before.path, dtype="fp32")
-            outcome = method_class(config).unlearn(model, tokenizer, task)
+            outcome = method_class(config).unlearn(model, tokenizer, data)
             unlearn_seconds = time.time() - start
             self.say(f"{method} seed {seed}: evaluating")
             evaluable, eval_tokenizer = self.evaluable(outcome.model, tokenizer, method, seed)
@@ -289,9 +289,9 @@ def _forget_only(settings: EvalSettings) -> EvalSettings:
     return replace(settings, tasks=tasks, limits={k: v for k, v in settings.limits.items() if k in tasks})
 
 
-def _task_fingerprint(task) -> str:
-    content = [(e.question, e.answer) for e in task.forget + task.retain + task.forget_questions]
-    return content_key([content, task.refusals])
+def _data_fingerprint(data) -> str:
+    content = [(e.question, e.answer) for e in data.forget + data.retain + data.forget_questions]
+    return content_key([content, data.refusals])
 
 
 def _preparation_summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from ulmr.errors import UlmrError
 from ulmr.profiles import Profile
 from ulmr.results import content_key, provenance, read_stored, write_json_atomic
 from ulmr.run import file_slug
-from ulmr.unlearning.interface import Example, UnlearningTask
+from ulmr.unlearning.interface import Example, UnlearningData
 
 Echo = Callable[[str], None]
 VALIDATION_MAX_LENGTH = 512  # tokens per scored validation item (RWKU texts are ~250)
@@ -47,7 +47,7 @@ VALIDATION_MAX_LENGTH = 512  # tokens per scored validation item (RWKU texts are
 class ValidationSplit:
     """The task minus its validation items, and those items."""
 
-    train: UnlearningTask
+    train: UnlearningData
     forget: list[Example]
     retain: list[Example]
 
@@ -58,27 +58,27 @@ def evenly_spread(n: int, count: int) -> list[int]:
     return [int((j + 0.5) * n / count) for j in range(count)]
 
 
-def validation_split(task: UnlearningTask, holdout: float, items: int,
+def validation_split(data: UnlearningData, holdout: float, items: int,
                      excluded_questions: set[str] = frozenset()) -> ValidationSplit:
     """Hold out min(items, holdout x len) forget items and `items` retain items, evenly spread; the
     retain items whose question an evaluation scores (`excluded_questions`) are never picked."""
-    n_forget = min(items, int(len(task.forget) * holdout))
+    n_forget = min(items, int(len(data.forget) * holdout))
     if n_forget < 1:
-        raise UlmrError(f"tune_holdout={holdout} holds out no item of the {len(task.forget)} forget items of "
-                        f"{task.benchmark} {task.name}: raise tune_holdout")
-    forget_held = set(evenly_spread(len(task.forget), n_forget))
-    eligible = [i for i, ex in enumerate(task.retain) if ex.question not in excluded_questions]
+        raise UlmrError(f"tune_holdout={holdout} holds out no item of the {len(data.forget)} forget items of "
+                        f"{data.benchmark} {data.name}: raise tune_holdout")
+    forget_held = set(evenly_spread(len(data.forget), n_forget))
+    eligible = [i for i, ex in enumerate(data.retain) if ex.question not in excluded_questions]
     if not eligible:
-        raise UlmrError(f"{task.benchmark} {task.name} has no retain item outside the evaluation sets to "
+        raise UlmrError(f"{data.benchmark} {data.name} has no retain item outside the evaluation sets to "
                         "validate on")
     retain_held = {eligible[i] for i in evenly_spread(len(eligible), items)}
-    held_forget = [task.forget[i] for i in sorted(forget_held)]
+    held_forget = [data.forget[i] for i in sorted(forget_held)]
     held_pairs = {(ex.question, ex.answer) for ex in held_forget}
-    train = replace(task,
-                    forget=[ex for i, ex in enumerate(task.forget) if i not in forget_held],
-                    retain=[ex for i, ex in enumerate(task.retain) if i not in retain_held],
-                    forget_questions=[ex for ex in task.forget_questions if (ex.question, ex.answer) not in held_pairs])
-    return ValidationSplit(train, held_forget, [task.retain[i] for i in sorted(retain_held)])
+    train = replace(data,
+                    forget=[ex for i, ex in enumerate(data.forget) if i not in forget_held],
+                    retain=[ex for i, ex in enumerate(data.retain) if i not in retain_held],
+                    forget_questions=[ex for ex in data.forget_questions if (ex.question, ex.answer) not in held_pairs])
+    return ValidationSplit(train, held_forget, [data.retain[i] for i in sorted(retain_held)])
 
 
 def criterion(scores: dict[str, float], before: dict[str, float], reference_forget: float) -> dict[str, float]:
@@ -140,8 +140,8 @@ class _BenchmarkTuning:
 
         prepared_run = self.prepared_run
         before = prepared_run.prepare()
-        task = build_task(self.benchmark, prepared_run.selection, prepared_run.template, prepared_run.data_dir)
-        split = validation_split(task, self.plan.tune_holdout, self.plan.tune_validation_items,
+        data = build_task(self.benchmark, prepared_run.selection, prepared_run.template, prepared_run.data_dir)
+        split = validation_split(data, self.plan.tune_holdout, self.plan.tune_validation_items,
                                  self._evaluated_questions())
         prepared_run.say(f"tuning on {len(split.train.forget)} forget / {len(split.train.retain)} retain items; "
                          f"validating on {len(split.forget)} forget / {len(split.retain)} retain items")
@@ -208,7 +208,7 @@ class _BenchmarkTuning:
 
     def _scores(self, model, split: ValidationSplit, tokenizer=None) -> dict[str, float]:
         from ulmr.models import load_model
-        from ulmr.ulmr_method.method import mean_answer_probability
+        from ulmr.method.method import mean_answer_probability
 
         if isinstance(model, str):
             model, tokenizer = load_model(model, dtype="fp32")

@@ -47,23 +47,23 @@ def unlearn_command(method, model, benchmark, split, targets, data_dir, output, 
     overrides = {**(load_config_file(config_file) if config_file else {}), **parse_set_options(set_options)}
     config = build_config(method_class.config_class, overrides, where=f"{method} config")
     template = template_from(kwargs)
-    task = build_task(benchmark, split if benchmark == "tofu" else targets, template, data_dir)
+    data = build_task(benchmark, split if benchmark == "tofu" else targets, template, data_dir)
 
     # One process, or one per device under `accelerate launch`. An Accelerator (not a bare
     # PartialState) so that the process group is set up exactly as the training loop's sees it.
     accelerator = Accelerator(cpu=device == "cpu")
     if accelerator.is_main_process:
-        click.echo(f"unlearning {task.benchmark} {task.name} ({len(task.forget)} forget, {len(task.retain)} "
+        click.echo(f"unlearning {data.benchmark} {data.name} ({len(data.forget)} forget, {len(data.retain)} "
                    f"retain items) from {model} with {method}", err=True)
     start = time.perf_counter()
     loaded, tokenizer = load_model(model, dtype="fp32", device=str(accelerator.device))
-    result = method_class(config).unlearn(loaded, tokenizer, task)
+    result = method_class(config).unlearn(loaded, tokenizer, data)
     if not accelerator.is_main_process:
         return
     out = Path(output)
     save_checkpoint(result.model, tokenizer, out)
     write_json_atomic(out / "unlearn.json", {
-        "schema": UNLEARN_SCHEMA, "model": model, "benchmark": benchmark, "selection": task.name,
+        "schema": UNLEARN_SCHEMA, "model": model, "benchmark": benchmark, "selection": data.name,
         "template": template.as_options(), **result.record,
         "config": config_to_dict(config), "total_time_s": time.perf_counter() - start,
         "provenance": provenance()})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
+import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
 
 
@@ -21,7 +23,7 @@ class Example:
 
 
 @dataclass
-class UnlearningTask:
+class UnlearningData:
     """What to forget and what to keep, from one benchmark.
 
     forget: the forget corpus (TOFU forget QA pairs; RWKU the targets' synthetic texts).
@@ -65,5 +67,13 @@ class Unlearner(abc.ABC):
         self.config = config if config is not None else self.config_class()
 
     @abc.abstractmethod
-    def unlearn(self, model, tokenizer, task: UnlearningTask) -> UnlearningResult:
+    def unlearn(self, model, tokenizer, data: UnlearningData) -> UnlearningResult:
         """Return the unlearned model (may be `model` changed in place) and the run record."""
+
+
+def with_refusals(questions: list[Example], refusals: list[str], seed: int) -> list[Example]:
+    """Each question paired with a refusal drawn from the bank (seeded), in place of its answer."""
+    if not refusals:
+        raise UlmrError("the task has no refusals: give it a refusal bank (TOFU's idontknow.jsonl)")
+    rng = random.Random(seed)
+    return [Example(answer=rng.choice(refusals), question=q.question, subject=q.subject) for q in questions]

@@ -26,8 +26,6 @@ def register_method(cls):
 
 @functools.cache
 def _load_entry_points() -> None:
-    import ulmr.ulmr_method  # noqa: F401  (ULMR itself lives in the core package)
-
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()

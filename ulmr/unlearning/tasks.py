@@ -1,20 +1,19 @@
-"""UnlearningTasks from the benchmarks' training data (never from their evaluation probes)."""
+"""UnlearningDatas from the benchmarks' training data (never from their evaluation probes)."""
 
 from __future__ import annotations
 
 import os
-import random
 
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
-from ulmr.unlearning.interface import Example, UnlearningTask
+from ulmr.unlearning.interface import Example, UnlearningData
 
 # RWKU retain corpus: the synthetic texts of this many targets after the forgotten ones.
 RWKU_RETAIN_TARGETS = 2
 
 
 def build_task(benchmark: str, selection: str | None, template: PromptTemplate,
-               data_dir: str | os.PathLike | None = None) -> UnlearningTask:
+               data_dir: str | os.PathLike | None = None) -> UnlearningData:
     """TOFU with a forget split (forget01/05/10) or RWKU with a target spec (1, 1-10, 1,5, a name)."""
     if benchmark == "tofu":
         return tofu_task(selection or "forget01", template, data_dir)
@@ -23,7 +22,7 @@ def build_task(benchmark: str, selection: str | None, template: PromptTemplate,
     raise UlmrError(f"unknown benchmark {benchmark!r}: choose from tofu, rwku")
 
 
-def tofu_task(split: str, template: PromptTemplate, data_dir=None) -> UnlearningTask:
+def tofu_task(split: str, template: PromptTemplate, data_dir=None) -> UnlearningData:
     """forget = the split's QA pairs, retain = the matching retain split (forget01 -> retain99),
     refusals = TOFU's idontknow list. TOFU has no author-name field, so subjects stay empty."""
     from ulmr.data.tofu import load_idontknow, load_tofu, retain_split_for
@@ -31,12 +30,12 @@ def tofu_task(split: str, template: PromptTemplate, data_dir=None) -> Unlearning
     retain_split = retain_split_for(split)  # also rejects a split name that is not a forget split
     forget = [Example(answer=row["answer"], question=row["question"]) for row in load_tofu(split, data_dir)]
     retain = [Example(answer=row["answer"], question=row["question"]) for row in load_tofu(retain_split, data_dir)]
-    return UnlearningTask(benchmark="tofu", name=split, forget=forget, retain=retain, forget_questions=forget,
+    return UnlearningData(benchmark="tofu", name=split, forget=forget, retain=retain, forget_questions=forget,
                           subjects=[], template=template, refusals=load_idontknow(data_dir),
                           metadata={"retain_split": retain_split})
 
 
-def rwku_task(targets: str, template: PromptTemplate, data_dir=None) -> UnlearningTask:
+def rwku_task(targets: str, template: PromptTemplate, data_dir=None) -> UnlearningData:
     """forget = the targets' synthetic texts (positive.json, plain text), retain = the texts of the
     RWKU_RETAIN_TARGETS targets that follow the last forgotten one, forget_questions = reject.json
     instructions (no true answers: answer ""), refusals = TOFU's idontknow list plus reject.json's."""
@@ -55,19 +54,11 @@ def rwku_task(targets: str, template: PromptTemplate, data_dir=None) -> Unlearni
     retain_targets = _following_targets(chosen, data_dir)
     retain = [Example(answer=row["text"], subject=target.name)
               for target in retain_targets for row in load_target_file(target, "positive", data_dir)]
-    return UnlearningTask(benchmark="rwku", name=targets, forget=forget, retain=retain,
+    return UnlearningData(benchmark="rwku", name=targets, forget=forget, retain=retain,
                           forget_questions=questions, subjects=[t.name for t in chosen], template=template,
                           refusals=list(dict.fromkeys(refusals)),
                           metadata={"targets": [t.index for t in chosen],
                                     "retain_targets": [t.index for t in retain_targets]})
-
-
-def with_refusals(questions: list[Example], refusals: list[str], seed: int) -> list[Example]:
-    """Each question paired with a refusal drawn from the bank (seeded), in place of its answer."""
-    if not refusals:
-        raise UlmrError("the task has no refusals: give it a refusal bank (TOFU's idontknow.jsonl)")
-    rng = random.Random(seed)
-    return [Example(answer=rng.choice(refusals), question=q.question, subject=q.subject) for q in questions]
 
 
 def _following_targets(chosen, data_dir):

@@ -1,7 +1,7 @@
 """The one training loop of every loss-based method (DESIGN sections 3 and 10).
 
     model, record = train(model, tokenizer, template, config, loss_fn, forget={"forget": examples},
-                          retain=task.retain, reference=True)
+                          retain=data.retain, reference=True)
 
 `loss_fn(model, batch, reference)` returns the loss, or a dict of named terms that are summed (and
 logged one by one). `batch` maps part names to tensors (see ulmr.unlearning.batches): the forget
@@ -29,7 +29,7 @@ from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
 from ulmr.unlearning.batches import Batch, batches_per_epoch, encode_example, micro_batches
 from ulmr.unlearning.config import check_range, config_to_dict
-from ulmr.unlearning.interface import Example, Unlearner, UnlearningResult, UnlearningTask
+from ulmr.unlearning.interface import Example, Unlearner, UnlearningResult, UnlearningData
 
 LossFn = Callable[[Any, Batch, Any], "torch.Tensor | dict[str, torch.Tensor]"]
 
@@ -282,25 +282,25 @@ class LossUnlearner(Unlearner):
     config_class: ClassVar[type] = TrainingConfig
     needs_reference: ClassVar[bool] = False
 
-    def forget_parts(self, task: UnlearningTask) -> dict[str, list[Example]]:
-        """Named, aligned example lists batched together as the forget side (default: the task's
+    def forget_parts(self, data: UnlearningData) -> dict[str, list[Example]]:
+        """Named, aligned example lists batched together as the forget side (default: the data's
         forget corpus as "forget")."""
-        return {"forget": task.forget}
+        return {"forget": data.forget}
 
     @abc.abstractmethod
     def compute_loss(self, model, batch: Batch, reference) -> torch.Tensor | dict[str, torch.Tensor]:
         """The loss to minimise on one micro-batch, or a dict of named terms to sum."""
 
-    def unlearn(self, model, tokenizer, task: UnlearningTask) -> UnlearningResult:
+    def unlearn(self, model, tokenizer, data: UnlearningData) -> UnlearningResult:
         config = self.config
-        retain = task.retain if config.retain_weight > 0 else None
+        retain = data.retain if config.retain_weight > 0 else None
         if retain is not None and not retain:
-            raise UlmrError(f"{self.name}: retain_weight={config.retain_weight} but task {task.name} has no "
+            raise UlmrError(f"{self.name}: retain_weight={config.retain_weight} but {data.benchmark} {data.name} has no "
                             "retain items: set retain_weight=0")
         reference = self.needs_reference or (retain is not None and config.retain_loss == "kl")
-        model, record = train(model, tokenizer, task.template, config, self.compute_loss,
-                              self.forget_parts(task), retain, reference=reference, desc=self.name)
-        return UnlearningResult(model, {"method": self.name, "task": task.name,
+        model, record = train(model, tokenizer, data.template, config, self.compute_loss,
+                              self.forget_parts(data), retain, reference=reference, desc=self.name)
+        return UnlearningResult(model, {"method": self.name, "selection": data.name,
                                         "config": config_to_dict(config), **record.as_dict()})
 
 
@@ -308,7 +308,7 @@ def _check_parts(forget: dict[str, list[Example]]) -> None:
     sizes = {name: len(examples) for name, examples in forget.items()}
     if not sizes or not all(sizes.values()) or len(set(sizes.values())) != 1:
         raise UlmrError(f"forget parts must be non-empty lists of equal length, got sizes {sizes}: "
-                        "check the task's forget examples")
+                        "check the data's forget examples")
     if "retain" in forget:
         raise UlmrError("'retain' is reserved for the retain examples: name the forget part differently")
 

@@ -6,7 +6,7 @@ A negative response declines, or states ignorance of, the instruction's subject.
   generated  the rewriter LLM asked for a short natural refusal that names the subject; a reply
              that does not decline, is too long or leaks the answer is replaced by a bank sentence;
   both       each instruction draws bank or generated with equal odds.
-No response may contain the forget answer (ulmr.ulmr_method.leak); the true answer is never used.
+No response may contain the forget answer (ulmr.method.leak); the true answer is never used.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ulmr.errors import UlmrError
-from ulmr.ulmr_method.leak import leaks_answer
-from ulmr.ulmr_method.rewriting import Rewrite, clean_generated
+from ulmr.method.leak import leaks_answer
+from ulmr.method.rewriting import Rewrite, clean_generated
 
 NEGATIVE_SOURCES = ("bank", "generated", "both")
 UNNAMED_SUBJECT = "that"  # "I'm not familiar with that, ..." when the question does not name its subject

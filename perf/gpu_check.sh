@@ -30,7 +30,7 @@ PY
 MODEL=/tmp/smol-random
 
 bench_eval() {  # ARGS...: bench_eval.py on MODEL in bf16, batch 64, without progress bars
-  python3 benchmarks/bench_eval.py --model "$MODEL" --data-dir "$ULMR_DATA_DIR" --batch-size 64 --dtype bf16 "$@" 2>&1 \
+  python3 perf/bench_eval.py --model "$MODEL" --data-dir "$ULMR_DATA_DIR" --batch-size 64 --dtype bf16 "$@" 2>&1 \
     | grep -v "it/s\]\|Custom kwargs\|For example"
 }
 

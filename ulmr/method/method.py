@@ -22,15 +22,15 @@ from typing import Literal
 import torch
 
 from ulmr.errors import UlmrError
-from ulmr.ulmr_method.averaging import choose_alpha, interpolate, load_weights, soup
-from ulmr.ulmr_method.generation import TextGenerator
-from ulmr.ulmr_method.leak import DEFAULT_NGRAM
-from ulmr.ulmr_method.negatives import Pair, negative_responses
-from ulmr.ulmr_method.rewriting import (ORIGINAL, TEMPLATES, check_template_names, original_instructions,
+from ulmr.method.averaging import choose_alpha, interpolate, load_weights, soup
+from ulmr.method.generation import TextGenerator
+from ulmr.method.leak import DEFAULT_NGRAM
+from ulmr.method.negatives import Pair, negative_responses
+from ulmr.method.rewriting import (ORIGINAL, TEMPLATES, check_template_names, original_instructions,
                                         recurring_names, rewrite_questions)
 from ulmr.unlearning.batches import collate, encode_example
 from ulmr.unlearning.config import check_range, config_to_dict
-from ulmr.unlearning.interface import Example, Unlearner, UnlearningResult, UnlearningTask
+from ulmr.unlearning.interface import Example, Unlearner, UnlearningResult, UnlearningData
 from ulmr.unlearning.losses import answer_nll, retain_term, token_logprobs
 from ulmr.unlearning.registry import register_method
 from ulmr.unlearning.training import TrainingConfig, full_state_dict, planned_steps, train
@@ -45,7 +45,7 @@ class UlmrConfig(TrainingConfig):
     rewriter: "self" (the model being unlearned, prompted with the templates), "template"
         (deterministic string templates, no LLM), or a model (alias, folder, hub id) loaded for it.
         An LLM rewriter also writes the refusals of negatives=generated/both.
-    templates: rewrite templates to use, from ulmr.ulmr_method.rewriting.TEMPLATES (default: all).
+    templates: rewrite templates to use, from ulmr.method.rewriting.TEMPLATES (default: all).
     k: rewrites per forget question.
     include_original: train on the original forget questions too.
     rewrite_temperature: rewriter sampling temperature; 0 = greedy.
@@ -53,7 +53,7 @@ class UlmrConfig(TrainingConfig):
     rewrite_fallback: a rejected LLM rewrite is replaced by the template-only form of the same
         template (so a weak rewriter still yields K rewrites per question).
     inference_batch_size: prompts per batch when generating and when scoring alphas.
-    leak_ngram: span length of the leak filter (ulmr.ulmr_method.leak).
+    leak_ngram: span length of the leak filter (ulmr.method.leak).
     negatives: "bank" (refusal bank + subject-aware refusals), "generated" (the rewriter LLM), "both".
     subject_refusal_share: chance that a bank negative is a subject-aware refusal, when the
         instruction names its subject.
@@ -134,21 +134,21 @@ class UlmrUnlearner(Unlearner):
     name = "ulmr"
     config_class = UlmrConfig
 
-    def unlearn(self, model, tokenizer, task: UnlearningTask) -> UnlearningResult:
+    def unlearn(self, model, tokenizer, data: UnlearningData) -> UnlearningResult:
         config = self.config
         config.validate()
         started = time.perf_counter()
-        pairs, generation_record = self._make_pairs(model, tokenizer, task)
+        pairs, generation_record = self._make_pairs(model, tokenizer, data)
         generation_record["generation_time_s"] = time.perf_counter() - started
 
         auto = config.alpha == "auto"
         if auto:
-            held_out, train_pairs, retain, probes = self._holdout(pairs, task)
+            held_out, train_pairs, retain, probes = self._holdout(pairs, data)
         else:
-            held_out, train_pairs, retain, probes = set(), pairs, task.retain, None
+            held_out, train_pairs, retain, probes = set(), pairs, data.retain, None
         retain = retain if config.retain_weight > 0 else None
         if config.retain_weight > 0 and not retain:
-            raise UlmrError(f"{self.name}: retain_weight={config.retain_weight} but task {task.name} has no retain "
+            raise UlmrError(f"{self.name}: retain_weight={config.retain_weight} but {data.benchmark} {data.name} has no retain "
                             "items to train on: set retain_weight=0")
         original = full_state_dict(model) if auto or config.alpha < 1 else None
 
@@ -159,7 +159,7 @@ class UlmrUnlearner(Unlearner):
             if step in soup_steps:
                 checkpoints.append(full_state_dict(trained))
 
-        model, training = train(model, tokenizer, task.template, config, self._loss, {"forget": forget}, retain,
+        model, training = train(model, tokenizer, data.template, config, self._loss, {"forget": forget}, retain,
                                 reference=retain is not None and config.retain_loss == "kl",
                                 on_step=snapshot if config.soup > 1 else None, desc=self.name)
 
@@ -171,7 +171,7 @@ class UlmrUnlearner(Unlearner):
             unlearned = soup(checkpoints) if checkpoints else full_state_dict(model)
             del checkpoints[:]
             if auto:
-                averaging.update(self._auto_alpha(model, tokenizer, task, unlearned, original, probes))
+                averaging.update(self._auto_alpha(model, tokenizer, data, unlearned, original, probes))
             elif original is not None:
                 averaging.update(alpha=config.alpha, reason="alpha from the config")
             averaged = unlearned if original is None else interpolate(unlearned, original, averaging["alpha"])
@@ -179,7 +179,7 @@ class UlmrUnlearner(Unlearner):
         averaging["time_s"] = time.perf_counter() - started
 
         record = {
-            "method": self.name, "task": task.name, "config": config_to_dict(config), **training.as_dict(),
+            "method": self.name, "selection": data.name, "config": config_to_dict(config), **training.as_dict(),
             **generation_record,
             "pairs": {"total": len(pairs), "train": len(train_pairs), "held_out": len(held_out),
                       "per_template": dict(Counter(p.template for p in pairs))},
@@ -188,14 +188,14 @@ class UlmrUnlearner(Unlearner):
         artifacts = {"pairs": [pair_record(p, "held_out" if i in held_out else "train") for i, p in enumerate(pairs)]}
         return UnlearningResult(model.eval(), record, artifacts)
 
-    def _make_pairs(self, model, tokenizer, task: UnlearningTask) -> tuple[list[Pair], dict]:
+    def _make_pairs(self, model, tokenizer, data: UnlearningData) -> tuple[list[Pair], dict]:
         """Steps 1-2: (instruction, negative response) pairs, and what was kept and dropped."""
         config = self.config
-        if not task.forget_questions:
-            raise UlmrError(f"task {task.name} has no forget questions: ULMR rewrites them; build the task "
-                            "with ulmr.unlearning.tasks")
-        questions = task.forget_questions[:config.max_questions]
-        subjects = task.subjects or recurring_names([q.question or "" for q in questions])
+        if not data.forget_questions:
+            raise UlmrError(f"{data.benchmark} {data.name} has no forget questions: ULMR rewrites them; build the unlearning data "
+                            "with its benchmark plug-in")
+        questions = data.forget_questions[:config.max_questions]
+        subjects = data.subjects or recurring_names([q.question or "" for q in questions])
         generate = self._generator(model, tokenizer)
         instructions = original_instructions(questions, subjects) if config.include_original else []
         rewrite_stats = {}
@@ -203,23 +203,23 @@ class UlmrUnlearner(Unlearner):
             rewrites, rewrite_stats = rewrite_questions(questions, subjects, config.templates, config.k,
                                                         generate, config.rewrite_fallback, config.leak_ngram)
             instructions += rewrites
-        pairs, negative_stats = negative_responses(instructions, task.refusals, config.negatives,
+        pairs, negative_stats = negative_responses(instructions, data.refusals, config.negatives,
                                                    config.subject_refusal_share, config.seed, generate,
                                                    config.leak_ngram)
         if not pairs:
-            raise UlmrError(f"ULMR made no training pairs for task {task.name} (every candidate was dropped, "
+            raise UlmrError(f"ULMR made no training pairs for {data.benchmark} {data.name} (every candidate was dropped, "
                             "see the leak filter): use rewriter=template or a larger k")
-        return pairs, {"subjects": subjects, "subjects_inferred": not task.subjects,
+        return pairs, {"subjects": subjects, "subjects_inferred": not data.subjects,
                        "rewriting": rewrite_stats, "negatives": negative_stats}
 
-    def _auto_alpha(self, model, tokenizer, task, unlearned, original, probes) -> dict:
+    def _auto_alpha(self, model, tokenizer, data, unlearned, original, probes) -> dict:
         """Step 4 with alpha=auto: score the original (alpha 0) and every grid alpha on the held-out
         probes, all in the trained model's precision, and pick by the criterion."""
         config = self.config
 
         def score(alpha):
             load_weights(model, interpolate(unlearned, original, alpha))
-            return self._scores(model, tokenizer, task, probes)
+            return self._scores(model, tokenizer, data, probes)
 
         original_scores = score(0.0)
         choice = choose_alpha(config.alpha_grid, score, original_scores, config.forget_threshold,
@@ -249,11 +249,11 @@ class UlmrUnlearner(Unlearner):
         steps = planned_steps(self.config, n_pairs, PartialState().num_processes)
         return {round(steps * (i + 1) / self.config.soup) for i in range(self.config.soup)} - {0}
 
-    def _holdout(self, pairs: list[Pair], task: UnlearningTask):
+    def _holdout(self, pairs: list[Pair], data: UnlearningData):
         """Held-out pair indices, the training pairs, the retain items left for training, and the
         probes that score alpha: held-out rewritten pairs with the TRUE answer as target, and as many
         held-out retain items (never evaluation data). Where the questions have no answers (RWKU),
-        forget is scored on texts of the task's forget corpus, which ULMR does not train on."""
+        forget is scored on texts of the data's forget corpus, which ULMR does not train on."""
         config = self.config
         rng = random.Random(config.seed)
         rewritten = [i for i, p in enumerate(pairs) if p.template != ORIGINAL] or list(range(len(pairs)))
@@ -261,24 +261,24 @@ class UlmrUnlearner(Unlearner):
         if n >= len(pairs):
             raise UlmrError(f"alpha=auto would hold out all {len(pairs)} ULMR pairs: lower holdout_fraction, "
                             "raise k, or set alpha to a number")
-        if not task.retain:
-            raise UlmrError(f"alpha=auto needs retain items and task {task.name} has none: set alpha to a number")
+        if not data.retain:
+            raise UlmrError(f"alpha=auto needs retain items and {data.benchmark} {data.name} has none: set alpha to a number")
         held_out = set(rng.sample(rewritten, n))
         forget_probe = [Example(answer=pairs[i].answer, question=pairs[i].instruction)
                         for i in sorted(held_out) if pairs[i].answer.strip()]
         kinds = {"forget": f"true answers given {n} held-out instructions"}
         if not forget_probe:
-            forget_probe = rng.sample(task.forget, min(n, len(task.forget)))
+            forget_probe = rng.sample(data.forget, min(n, len(data.forget)))
             kinds["forget"] = "held-out sample of the forget corpus (the questions have no answers)"
-        retain_held = set(rng.sample(range(len(task.retain)), min(n, len(task.retain))))
+        retain_held = set(rng.sample(range(len(data.retain)), min(n, len(data.retain))))
         kinds["retain"] = f"{len(retain_held)} retain items kept out of training"
-        probes = {"forget": forget_probe, "retain": [task.retain[i] for i in sorted(retain_held)], "kinds": kinds}
-        retain = [ex for i, ex in enumerate(task.retain) if i not in retain_held]
+        probes = {"forget": forget_probe, "retain": [data.retain[i] for i in sorted(retain_held)], "kinds": kinds}
+        retain = [ex for i, ex in enumerate(data.retain) if i not in retain_held]
         return held_out, [p for i, p in enumerate(pairs) if i not in held_out], retain, probes
 
-    def _scores(self, model, tokenizer, task: UnlearningTask, probes) -> tuple[float, float]:
+    def _scores(self, model, tokenizer, data: UnlearningData, probes) -> tuple[float, float]:
         """(forget, retain) mean answer probabilities on the held-out probes."""
-        return tuple(mean_answer_probability(model, tokenizer, task.template, probes[part], self.config.max_length,
+        return tuple(mean_answer_probability(model, tokenizer, data.template, probes[part], self.config.max_length,
                                              self.config.inference_batch_size) for part in ("forget", "retain"))
 
 

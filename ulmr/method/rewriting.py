@@ -3,7 +3,7 @@
 All rewrite templates live in TEMPLATES below. Each has instructions for an LLM rewriter and plain
 string forms for the template-only rewriter (no LLM: tests, and runs without a capable rewriter).
 Every rewrite is cleaned (chatter stripped, length bounds), deduplicated, and dropped when it leaks
-the forget answer (ulmr.ulmr_method.leak).
+the forget answer (ulmr.method.leak).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ulmr.errors import UlmrError
-from ulmr.ulmr_method.leak import leaks_answer, normalise
+from ulmr.method.leak import leaks_answer, normalise
 from ulmr.unlearning.interface import Example
 
 ORIGINAL = "original"  # template name recorded for the unrewritten forget questions

@@ -1,6 +1,6 @@
 """Where a run's time went: one row per stage of the results a `ulmr-bench run` stored.
 
-    python benchmarks/stage_report.py --results-dir results [--model smollm2-135m]
+    python perf/stage_report.py --results-dir results [--model smollm2-135m]
 
 Stages: preparation (each prepared model's fine-tuning), unlearning (each method and seed: the
 whole unlearn call, and its training loop alone), evaluation (each evaluated model). For each: wall

@@ -5,4 +5,4 @@ negatives.py the refusals, leak.py the rule that keeps the forget answer out of 
 the parameter average and the choice of alpha.
 """
 
-from ulmr.ulmr_method import method  # noqa: F401  (registers ulmr, ulmr-norewrite, ulmr-noavg)
+from ulmr.method import method  # noqa: F401  (registers ulmr, ulmr-norewrite, ulmr-noavg)

@@ -1,8 +1,8 @@
 """Evaluation throughput of the embedded model, task by task: the TOFU forget01 suite, or RWKU's
 task families for one target (all forget, neighbor and MIA probes; utility sliced by --limit).
 
-    python benchmarks/bench_eval.py --data-dir ../shared/data [--limit N] [--backend fast|hf]
-    python benchmarks/bench_eval.py --data-dir ../shared/data --benchmark rwku --targets 1 --limit 10
+    python perf/bench_eval.py --data-dir ../shared/data [--limit N] [--backend fast|hf]
+    python perf/bench_eval.py --data-dir ../shared/data --benchmark rwku --targets 1 --limit 10
 
 Prints, per task: docs, tokens through the model, answer tokens scored, tokens generated, seconds,
 tokens/s, and the FLOP floor (2 x parameters x tokens over this machine's measured matmul rate in

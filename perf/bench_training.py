@@ -1,6 +1,6 @@
 """Training throughput of the shared loop, per method, on the embedded model (fp32 vs bf16 autocast).
 
-    python benchmarks/bench_training.py --data-dir ../shared/data [--methods ga,npo] [--dtypes fp32,bf16]
+    python perf/bench_training.py --data-dir ../shared/data [--methods ga,npo] [--dtypes fp32,bf16]
                                         [--steps 1] [--batch-size 2] [--random-init]
 
 For every method and compute dtype, in a fresh process (so that peak memory is that run's own):
