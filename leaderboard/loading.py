@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ulmr.benchmarks import get_benchmark
+from ulmr.benchmarks.registry import get_benchmark
 from ulmr.errors import UlmrError
 from ulmr.results import RESULT_SCHEMA
 

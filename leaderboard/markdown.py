@@ -8,7 +8,8 @@ from typing import Any
 
 from leaderboard.loading import SkippedFile
 from leaderboard.plot import plot_filename
-from leaderboard.tables import CLOSEST_TO_BEFORE, HIGHER, LOWER, REFERENCE_METHODS, Cell, Table, better
+from leaderboard.tables import REFERENCE_METHODS, Cell, Table, better
+from ulmr.benchmarks.registry import CLOSEST_TO_BEFORE, HIGHER, LOWER
 
 LEGEND = ("Cells: mean ± sample standard deviation over seeds (n − 1 denominator); a single value where "
           "a row has one seed; n/a where no run produced the metric. **Bold**: the best unlearning method "
@@ -74,7 +75,7 @@ def _table_lines(table: Table) -> list[str]:
 
 
 def _directions_note(table: Table) -> str:
-    """Which way each column is better, from leaderboard.tables.BETTER."""
+    """Which way each column is better, from each benchmark plug-in's `directions`."""
     headers_by_direction = defaultdict(list)
     for key, header in table.columns:
         headers_by_direction[better(table.benchmark, key)].append(header)

@@ -4,28 +4,12 @@ one labelled point per row, error bars for the spread over seeds. Same table, sa
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from leaderboard.tables import Table
+from ulmr.benchmarks.registry import Axis, get_benchmark
 
 
-@dataclass(frozen=True)
-class Axis:
-    key: str  # metric column
-    label: str
-    flipped: bool = False  # plot 1 - value, so that more forgotten is to the right
-    log: bool = False
-
-
-# benchmark -> (x axes in order of preference: the first any row has, the y axis)
-TRADE_OFF_AXES = {
-    "tofu": ([Axis("forget_quality", "forget quality (KS p-value)", log=True),
-              Axis("forget_rougeL_recall", "1 - forget ROUGE-L recall", flipped=True)],
-             Axis("model_utility", "model utility")),
-    "rwku": ([Axis("forget_all", "1 - forget All (ROUGE-L recall)", flipped=True)],
-             Axis("neighbor_all", "neighbor All (ROUGE-L recall)")),
-}
 FIGURE_SIZE, DPI = (6.4, 4.8), 100
 
 
@@ -65,8 +49,8 @@ def plot(table: Table, path: str | Path) -> None:
 
 
 def _axes(table: Table) -> tuple[Axis, Axis] | None:
-    """The (x, y) axes of the table's benchmark that some row has both of."""
-    x_choices, y_axis = TRADE_OFF_AXES.get(table.benchmark, ([], None))
+    """The (x, y) axes of the table's benchmark (its plug-in's trade_off_axes) that some row has both of."""
+    x_choices, y_axis = get_benchmark(table.benchmark).trade_off_axes or ((), None)
     for x_axis in x_choices:
         if any(x_axis.key in row.cells and y_axis.key in row.cells for row in table.rows):
             return x_axis, y_axis

@@ -9,33 +9,15 @@ from dataclasses import dataclass
 from statistics import fmean, stdev
 from typing import Any, Callable
 
-from ulmr.benchmarks import get_benchmark
-from ulmr.metrics import forget_quality
+from ulmr.benchmarks.registry import CLOSEST_TO_BEFORE, HIGHER, LOWER, Benchmark, get_benchmark
 
 # Evaluated models that are not unlearning methods: the first rows, in this order, and never bold
 # (base: the untouched model on the forget probes only, the yardstick of the knowledge gates).
 REFERENCE_METHODS = ("base", "before", "retain")
 
-HIGHER, LOWER, CLOSEST_TO_BEFORE = "higher", "lower", "closest to before"
-# Which way a column is better: (benchmark, metric key prefix, direction); the first match wins.
-BETTER = [
-    ("tofu", "forget_quality", HIGHER),  # KS p-value: truth ratios look like the retain model's
-    ("tofu", "forget_truth_ratio", HIGHER),  # min(R, 1/R): 1 = paraphrase and perturbations alike
-    ("tofu", "forget_", LOWER),  # Prob, ROUGE-L: the forget answers are gone
-    ("tofu", "", HIGHER),  # model utility; retain, real authors, world facts
-    ("rwku", "forget_", LOWER),
-    ("rwku", "neighbor_", HIGHER),
-    ("rwku", "utility_", HIGHER),
-    ("rwku", "mia_fm", HIGHER),  # forget-member loss rises when forgotten
-    ("rwku", "mia_rm", CLOSEST_TO_BEFORE),  # retain-member loss should not move
-    ("rwku", "mia_auroc", LOWER),  # P(RM loss > FM loss): falls as FM losses rise
-]
-
-
 def better(benchmark: str, key: str) -> str | None:
-    """The column's direction from BETTER; None for a column it does not cover (never bold)."""
-    return next((direction for bench, prefix, direction in BETTER
-                 if bench == benchmark and key.startswith(prefix)), None)
+    """The column's direction, as its benchmark plug-in states it; None: not ranked (never bold)."""
+    return get_benchmark(benchmark).direction(key)
 
 
 @dataclass(frozen=True)
@@ -77,9 +59,10 @@ def aggregate(results: list[dict[str, Any]]) -> list[Table]:
 
 
 def _table(benchmark: str, model: str, selection: str, results: list[dict[str, Any]]) -> Table:
-    columns = get_benchmark(benchmark).columns
+    bench = get_benchmark(benchmark)
+    columns = bench.columns
     runs = [(result, dict(result["metrics"])) for result in results if result["status"] == "ok"]
-    notes = _add_forget_quality(runs) if any(key == "forget_quality" for key, _ in columns) else []
+    notes = _add_reference_metrics(bench, runs) if bench.reference_role else []
     metrics_by_method = defaultdict(list)
     for result, metrics in runs:
         metrics_by_method[result["method"]].append((result["seed"], metrics))
@@ -89,35 +72,30 @@ def _table(benchmark: str, model: str, selection: str, results: list[dict[str, A
     return Table(benchmark, model, selection, columns, rows, _best(benchmark, columns, rows), notes, results)
 
 
-def _add_forget_quality(runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
-    """Set every run's forget quality (replacing any stored one) against the retain model's run of
-    the same seed, else of its lowest seed; return the notes that say so or why it is n/a."""
-    retain_by_seed = {result["seed"]: result for result, _ in runs
-                      if result["method"] == "retain" and _forget_truth_ratios(result)}
-    if not retain_by_seed:
+def _add_reference_metrics(bench: Benchmark, runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """Set every run's reference metrics (TOFU: forget quality; replacing any stored ones) against the
+    reference row's run of the same seed, else of its lowest seed; return the notes that say so or
+    why they are n/a."""
+    role = bench.reference_role
+    names = ", ".join(header for key, header in bench.columns if key in bench.reference_columns)
+    by_seed = {result["seed"]: result for result, _ in runs if result["method"] == role}
+    if not by_seed:
         for _, metrics in runs:
-            metrics["forget_quality"] = None
-        return ["Forget quality n/a: no retain-model result with forget truth ratios for this model and "
-                "split; `ulmr-bench run` evaluates the retain model."]
-    fallback = retain_by_seed[min(retain_by_seed)]
-    without_ratios = set()
+            metrics.update(dict.fromkeys(bench.reference_columns))
+        return [f"{names} n/a: no {role}-model result for this model and selection; "
+                f"`ulmr-bench run` evaluates the {role} model."]
+    fallback = by_seed[min(by_seed)]
+    missing = set()
     for result, metrics in runs:
-        ratios = _forget_truth_ratios(result)
-        reference = retain_by_seed.get(result["seed"], fallback)
-        metrics["forget_quality"] = forget_quality(ratios, _forget_truth_ratios(reference)) if ratios else None
-        if not ratios:
-            without_ratios.add(result["method"])
-    notes = [f"Forget quality: KS test of each run's forget truth ratios against the retain model's "
-             f"of the same seed, else of seed {fallback['seed']}."]
-    if without_ratios:
-        notes.append(f"Forget quality n/a for {', '.join(sorted(without_ratios))}: "
-                     "no per-question forget truth ratios in the results.")
+        measured = bench.reference_metrics(result, by_seed.get(result["seed"], fallback))
+        metrics.update(measured)
+        if any(value is None for value in measured.values()):
+            missing.add(result["method"])
+    notes = [f"{bench.reference_note} of the same seed, else of seed {fallback['seed']}."]
+    if missing:
+        notes.append(f"{names} n/a for {', '.join(sorted(missing))}: the results lack the per-question "
+                     "values it needs.")
     return notes
-
-
-def _forget_truth_ratios(result: dict[str, Any]) -> list[float]:
-    per_question = result.get("per_question")
-    return (per_question.get("forget_truth_ratio") or []) if isinstance(per_question, dict) else []
 
 
 def _row(method: str, seeded_metrics: list[tuple[int, dict[str, Any]]], columns: list[tuple[str, str]]) -> Row:

@@ -37,7 +37,7 @@ def run_one(model_spec: str, random_init: bool, data_dir: str | None, method: st
     from ulmr.prompts import PromptTemplate
     from ulmr.unlearning.config import build_config
     from ulmr.unlearning.registry import get_method
-    from ulmr.unlearning.tasks import tofu_task
+    from ulmr.benchmarks.registry import get_benchmark
 
     if random_init:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -48,7 +48,7 @@ def run_one(model_spec: str, random_init: bool, data_dir: str | None, method: st
         model, tokenizer = model.to(default_device()), load_tokenizer(path)
     else:
         model, tokenizer = load_model(model_spec, dtype="fp32")
-    task = tofu_task("forget01", PromptTemplate(), data_dir)
+    task = get_benchmark("tofu").unlearning_data("forget01", PromptTemplate(), data_dir)
     method_class = get_method(method)
     settings = {"batch_size": batch_size, "grad_accum": 1, "dtype": dtype, "warmup_ratio": 0.0}
     for max_steps in ([1] if default_device() == "cuda" else []) + [steps]:

@@ -29,9 +29,9 @@ FEW_STEPS = {"max_steps": 3, "lr": 1e-2, "batch_size": 3, "grad_accum": 1, "warm
 
 @pytest.fixture(scope="module")
 def task(data_dir):
-    from ulmr.unlearning.tasks import tofu_task
+    from ulmr.benchmarks.registry import get_benchmark
 
-    full = tofu_task("forget01", PromptTemplate(), data_dir)
+    full = get_benchmark("tofu").unlearning_data("forget01", PromptTemplate(), data_dir)
     return dataclasses.replace(full, forget=full.forget[:6], forget_questions=full.forget[:6],
                                retain=full.retain[:12])
 
@@ -147,10 +147,10 @@ def test_dpo_without_true_answers_rejects_the_forget_texts(task):
 
 @pytest.mark.parametrize("method", ["graddiff", "dpo", "rt"])
 def test_baselines_run_on_an_rwku_target(method, tiny, data_dir):
-    from ulmr.unlearning.tasks import build_task
+    from ulmr.benchmarks.registry import get_benchmark
 
     model, tokenizer = tiny
-    task = build_task("rwku", "1", PromptTemplate(), data_dir)
+    task = get_benchmark("rwku").unlearning_data("1", PromptTemplate(), data_dir)
     cls = get_method(method)
     config = build_config(cls.config_class, {**FEW_STEPS, "max_steps": 1, "batch_size": 2, "max_length": 384})
     assert math.isfinite(cls(config).unlearn(model, tokenizer, task).record["losses"][0])
@@ -172,7 +172,7 @@ def test_bad_hyperparameters_are_one_line_errors(method, overrides, message):
 def test_ga_unlearns_tofu_forget01_from_the_embedded_model(data_dir, tmp_path):
     from ulmr.cli import main
     from ulmr.models import load_model
-    from ulmr.unlearning.tasks import tofu_task
+    from ulmr.benchmarks.registry import get_benchmark
 
     out = tmp_path / "ga"
     main(["unlearn", "--method", "ga", "--model", "smollm2-135m", "--benchmark", "tofu", "--split", "forget01",
@@ -181,7 +181,7 @@ def test_ga_unlearns_tofu_forget01_from_the_embedded_model(data_dir, tmp_path):
     record = json.loads((out / "unlearn.json").read_text())
     assert record["method"] == "ga" and record["steps"] == 3 and record["tokens"] > 0
     assert record["config"]["lr"] == 1e-5 and all(math.isfinite(loss) for loss in record["losses"])
-    task = tofu_task("forget01", PromptTemplate(), data_dir)
+    task = get_benchmark("tofu").unlearning_data("forget01", PromptTemplate(), data_dir)
     unlearned, tokenizer = load_model(str(out), dtype="fp32", device="cpu")
     original, _ = load_model("smollm2-135m", dtype="fp32", device="cpu")
     probe = task.forget[:4]

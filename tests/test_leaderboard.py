@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import ks_2samp
 
 from leaderboard import aggregate, build_leaderboard, load_results, render_markdown
-from ulmr.benchmarks import get_benchmark
+from ulmr.benchmarks.registry import get_benchmark
 from ulmr.cli import main
 from ulmr.results import RESULT_SCHEMA, write_json_atomic
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ulmr.prepare import (RWKU_FB_INSTRUCTION, _blank_one_span, _blank_target, rwku_injection_examples,
-                          tofu_training_rows)
+from lm_eval_tasks.rwku.utils import FILL_IN_THE_BLANK
+from ulmr.benchmarks.rwku import _blank_one_span, _blank_target, rwku_injection_examples
+from ulmr.benchmarks.tofu import tofu_training_rows
 
 
 def test_blanks_prefer_numbers_then_names_never_the_target():
@@ -26,7 +27,7 @@ def test_injection_material_comes_from_passages_not_probes(data_dir):
     passages = [row["text"] for row in load_target_file(target, "passage", data_dir)][:3]
     plain = [e.answer for e in examples if e.question is None]
     assert plain == passages
-    blanks = [e for e in examples if e.question and e.question.startswith(RWKU_FB_INSTRUCTION[:30])]
+    blanks = [e for e in examples if e.question and e.question.startswith(FILL_IN_THE_BLANK)]
     assert blanks, "no fill-in-the-blank material"
     for example in blanks:
         query = example.question.split("Question: ", 1)[1].rstrip("\n")

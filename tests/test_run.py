@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from ulmr.benchmarks.registry import Preparation
 from ulmr.cli import main
 from ulmr.profiles import load_profile
 from ulmr.run import run
@@ -111,7 +112,7 @@ def test_profiles_load_and_document_their_budgets():
         assert profile.methods and profile.seeds and profile.benchmarks
     quick = load_profile("quick")
     assert quick.model == "smollm2-135m" and quick.methods == ["ulmr", "ga", "npo"]
-    assert load_profile("quick", {"tofu.eval.limit": 5}).tofu.eval["limit"] == 5
+    assert load_profile("quick", {"tofu.eval.limit": 5}).plan("tofu").eval["limit"] == 5
 
 
 def test_method_overrides_layer_profile_then_benchmark():
@@ -173,7 +174,7 @@ def test_runs_go_seed_by_seed_so_a_stopped_run_leaves_whole_rounds(tmp_path, mon
     from ulmr import run as run_module
 
     order = []
-    monkeypatch.setattr(run_module.BenchmarkRun, "prepare", lambda self: None)
+    monkeypatch.setattr(run_module.BenchmarkRun, "prepare", lambda self: Preparation(None, None))
     monkeypatch.setattr(run_module.BenchmarkRun, "run_method",
                         lambda self, method, seed, before: order.append((method, seed)))
     profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["ga", "npo"], "seeds": [0, 1]})

@@ -244,19 +244,19 @@ def test_unknown_method_and_config_key_are_one_line_errors():
 
 
 def test_tofu_task_from_the_forget_split(data_dir):
-    from ulmr.unlearning.tasks import build_task
+    from ulmr.benchmarks.registry import get_benchmark
 
-    task = build_task("tofu", "forget01", TEMPLATE, data_dir)
+    task = get_benchmark("tofu").unlearning_data("forget01", TEMPLATE, data_dir)
     assert (len(task.forget), len(task.retain), len(task.refusals)) == (40, 3960, 100)
     assert task.forget_questions == task.forget and all(ex.question for ex in task.forget)
     with pytest.raises(UlmrError, match="unknown TOFU split 'forget02'"):
-        build_task("tofu", "forget02", TEMPLATE, data_dir)
+        get_benchmark("tofu").unlearning_data("forget02", TEMPLATE, data_dir)
 
 
 def test_rwku_task_from_a_target(data_dir):
-    from ulmr.unlearning.tasks import build_task
+    from ulmr.benchmarks.registry import get_benchmark
 
-    task = build_task("rwku", "1", TEMPLATE, data_dir)
+    task = get_benchmark("rwku").unlearning_data("1", TEMPLATE, data_dir)
     assert task.subjects == ["Stephen King"] and task.metadata["retain_targets"] == [2, 3]
     assert task.forget and all(ex.question is None and ex.subject == "Stephen King" for ex in task.forget)
     assert task.retain and all(ex.question is None and ex.subject != "Stephen King" for ex in task.retain)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ulmr.benchmarks import get_benchmark
+from ulmr.benchmarks.registry import get_benchmark
 from ulmr.errors import UlmrError, first_line
 from ulmr.prompts import PromptTemplate
 from ulmr.results import RESULT_SCHEMA, provenance
@@ -176,15 +176,13 @@ def write_samples(path: str | Path, samples: dict[str, list]) -> None:
     tmp.replace(path)
 
 
-def add_forget_quality(result: dict[str, Any], reference: dict[str, Any]) -> None:
-    """Forget quality against a retain model's results on the same benchmark and split."""
-    from ulmr.metrics import forget_quality
-
-    if reference.get("benchmark") != "tofu" or result.get("benchmark") != "tofu":
-        raise UlmrError("forget quality needs TOFU results for both the model and the reference")
-    if reference.get("selection") != result.get("selection"):
-        raise UlmrError(f"reference results are for {reference.get('selection')}, not "
-                        f"{result.get('selection')}: evaluate the retain model on the same split")
-    result["metrics"] = {"forget_quality": forget_quality(
-        result["per_question"]["forget_truth_ratio"], reference["per_question"]["forget_truth_ratio"]),
-        **result["metrics"]}
+def add_reference_metrics(result: dict[str, Any], reference: dict[str, Any]) -> None:
+    """Add the metrics measured against a reference model's results (TOFU: forget quality against
+    the retain model's, on the same split) in front of the result's own."""
+    bench = get_benchmark(result["benchmark"])
+    if bench.reference_role is None:
+        raise UlmrError(f"{bench.name} has no metrics against a reference model: drop --reference")
+    if reference.get("benchmark") != bench.name:
+        raise UlmrError(f"the reference results are for {reference.get('benchmark')!r}, not {bench.name}: pass "
+                        f"the {bench.reference_role} model's {bench.name} results")
+    result["metrics"] = {**bench.reference_metrics(result, reference), **result["metrics"]}

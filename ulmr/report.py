@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ulmr.benchmarks import get_benchmark
+from ulmr.benchmarks.registry import get_benchmark
 
 
 def format_result_table(result: dict[str, Any]) -> str:

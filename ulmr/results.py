@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 RESULT_SCHEMA = "ulmr-bench/result/v1"
 
@@ -50,6 +50,20 @@ def read_stored(path: str | Path, key: str) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return stored if isinstance(stored, dict) and stored.get("key") == key else None
+
+
+def stored_or_compute(path: str | Path, key: str, compute: Callable[[], dict[str, Any]],
+                      reuse: Callable[[dict[str, Any]], bool] = lambda stored: stored.get("status") == "ok",
+                      ) -> tuple[dict[str, Any], bool]:
+    """(the object stored at `path` with `key`, True) when `reuse` accepts it (default: a successful
+    result), else (compute() stored there with `key`, False). The one load-or-compute of every
+    kind of stored work: results, reference rows, tuning grid points."""
+    stored = read_stored(path, key)
+    if stored is not None and reuse(stored):
+        return stored, True
+    computed = {**compute(), "key": key}
+    write_json_atomic(path, computed)
+    return computed, False
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:

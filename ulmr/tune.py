@@ -6,7 +6,7 @@ The protocol, fixed before any grid result was looked at (README "Tuning"):
   training data (TOFU: the forget QA pairs, at most `tune_holdout` of them; RWKU: the targets'
   synthetic texts), and as many spread over the retain data, minus every question an evaluation
   task scores (TOFU: retain_perturbed). Both are taken out of what the methods train on.
-- Score: P, the mean per-token-normalised answer probability (DESIGN 6), on each validation part.
+- Score: P, the mean per-token-normalised answer probability (docs/design.md), on each validation part.
 - Criterion: forget_progress x retain_kept, with
       forget_progress = clip((P_f(before) - P_f(unlearned)) / (P_f(before) - P_f(reference)), 0, 1)
       retain_kept     = clip(P_r(unlearned) / P_r(before), 0, 1)
@@ -35,7 +35,7 @@ from typing import Any, Callable
 from ulmr import __version__
 from ulmr.errors import UlmrError
 from ulmr.profiles import Profile
-from ulmr.results import content_key, provenance, read_stored, write_json_atomic
+from ulmr.results import content_key, provenance, read_stored, stored_or_compute, write_json_atomic
 from ulmr.run import file_slug
 from ulmr.unlearning.interface import Example, UnlearningData
 
@@ -115,7 +115,7 @@ def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None,
     from ulmr.prompts import PromptTemplate
 
     for benchmark in profile.benchmarks:  # an unknown method or grid key fails before any work
-        plan = getattr(profile, benchmark)
+        plan = profile.plan(benchmark)
         for method, point in itertools.product(profile.methods, grid_points(plan.tune_grid)):
             profile.method_config(method, benchmark, profile.seeds[0], point, _where(point))
     template = PromptTemplate.from_options(profile.template)
@@ -136,13 +136,12 @@ class _BenchmarkTuning:
         self.seed = profile.seeds[0]
 
     def run(self, stored_only: bool = False) -> dict[str, Any]:
-        from ulmr.unlearning.tasks import build_task
-
         prepared_run = self.prepared_run
-        before = prepared_run.prepare()
-        data = build_task(self.benchmark, prepared_run.selection, prepared_run.template, prepared_run.data_dir)
+        preparation = prepared_run.prepare()
+        before = preparation.before
+        data = prepared_run.bench.unlearning_data(prepared_run.selection, prepared_run.template, prepared_run.data_dir)
         split = validation_split(data, self.plan.tune_holdout, self.plan.tune_validation_items,
-                                 self._evaluated_questions())
+                                 prepared_run.bench.evaluated_questions(prepared_run.selection, prepared_run.data_dir))
         prepared_run.say(f"tuning on {len(split.train.forget)} forget / {len(split.train.retain)} retain items; "
                          f"validating on {len(split.forget)} forget / {len(split.retain)} retain items")
         fingerprint = _fingerprint([split.forget, split.retain, split.train.forget, split.train.retain,
@@ -150,7 +149,7 @@ class _BenchmarkTuning:
         before_scores = self._stored_or(
             "before", {"model": before.record.get("key", before.path), "split": fingerprint},
             lambda: self._scores(before.path, split))
-        reference = prepared_run.reference_model
+        reference = preparation.reference_model
         reference_forget = 0.0 if reference is None else self._stored_or(
             "reference", {"model": reference, "split": fingerprint}, lambda: self._scores(reference, split))["forget"]
         points = [(method, point) for method in self.profile.methods for point in grid_points(self.plan.tune_grid)]
@@ -166,13 +165,6 @@ class _BenchmarkTuning:
         self.echo(summary_markdown(summary))
         return summary
 
-    def _evaluated_questions(self) -> set[str]:
-        if self.benchmark != "tofu":
-            return set()  # RWKU's retain data are texts; its probes are questions
-        from ulmr.data.tofu import load_tofu
-
-        return {row["question"] for row in load_tofu("retain_perturbed", self.prepared_run.data_dir)}
-
     def _point(self, method, point, before, split, fingerprint, before_scores, reference_forget,
                stored_only: bool) -> dict | None:
         from ulmr.models import load_model
@@ -185,10 +177,10 @@ class _BenchmarkTuning:
                    "model": before.record.get("key", before.path)}
         key = _key(content)
         path = self.folder / method / f"{file_slug(point_label(point))}.json"
-        stored = read_stored(path, key)
-        if stored is None and stored_only:
+        if stored_only and read_stored(path, key) is None:
             return None
-        if stored is None:
+
+        def trained_and_scored() -> dict[str, Any]:
             self.prepared_run.say(f"tune {method} {point_label(point)}: unlearning")
             start = time.time()
             model, tokenizer = load_model(before.path, dtype="fp32")
@@ -198,9 +190,11 @@ class _BenchmarkTuning:
                 status, error = "ok", None
             except UlmrError as exc:  # a diverged or refused setting loses; the grid goes on
                 scores, status, error = {"forget": None, "retain": None}, "failed", str(exc)
-            stored = {"method": method, "point": point, "status": status, "error": error, "scores": scores,
-                      "seconds": round(time.time() - start, 1), "key": key, "provenance": provenance()}
-            write_json_atomic(path, stored)
+            return {"method": method, "point": point, "status": status, "error": error, "scores": scores,
+                    "seconds": round(time.time() - start, 1), "provenance": provenance()}
+
+        # a failed point is stored as the setting's outcome too: rerunning it would fail the same way
+        stored, _ = stored_or_compute(path, key, trained_and_scored, reuse=lambda stored: True)
         judged = criterion(stored["scores"], before_scores, reference_forget) if stored["status"] == "ok" \
             else {"forget_progress": 0.0, "retain_kept": 0.0, "score": -1.0}  # below every setting that ran
         return {"method": method, "point": point, **stored["scores"], **judged, "status": stored["status"],
@@ -217,11 +211,8 @@ class _BenchmarkTuning:
                 for part, items in (("forget", split.forget), ("retain", split.retain))}
 
     def _stored_or(self, name: str, content: dict, compute: Callable[[], dict]) -> dict[str, float]:
-        path, key = self.folder / f"{name}.json", _key(content)
-        stored = read_stored(path, key)
-        if stored is None:
-            stored = {"scores": compute(), "status": "ok", "key": key}
-            write_json_atomic(path, stored)
+        stored, _ = stored_or_compute(self.folder / f"{name}.json", _key(content),
+                                      lambda: {"scores": compute(), "status": "ok"})
         return stored["scores"]
 
     def _summary(self, rows, before_scores, reference_forget, n_forget, n_retain) -> dict[str, Any]:

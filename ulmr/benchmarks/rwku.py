@@ -1,11 +1,26 @@
-"""RWKU in the evaluator: the `rwku` group for a set of targets, RWKU's table, Min-K% MIA scores."""
+"""RWKU (Jin et al., 2024) as a plug-in: forget real-world people a model knows from pre-training.
+
+Selection: targets (an index, a range 1-10, a list 1,5, or a name). Evaluation: the `rwku_*`
+lm-eval groups (forget FB/QA/AA probes, neighbours, MIA, utility) in RWKU's column order, plus
+Min-K% MIA scores computed with the same model afterwards. Unlearning data: the targets'
+synthetic texts (positive.json) to forget, reject.json questions for the refusal methods, the
+texts of the following targets to keep. Preparation: a small model knows too little about the
+targets, so their knowledge is *injected* first from the targets' Wikipedia passages (never from
+the evaluation probes); the gate checks that the injection took.
+"""
 
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from typing import Any
 
-from ulmr.benchmarks import Benchmark, register_benchmark
+from ulmr.benchmarks.registry import (CLOSEST_TO_BEFORE, HIGHER, LOWER, Axis, Benchmark, BenchmarkPlan,
+                                      Preparation, PreparedModel, RunContext, register_benchmark)
+from ulmr.errors import UlmrError
+from ulmr.prompts import PromptTemplate
+from ulmr.unlearning.interface import Example, UnlearningData
 
 # (metric key, header, lm-eval task or group, lm-eval metric), in RWKU's column order. Headers
 # start with their column group. Min-K% has no lm-eval task: see min_k_metrics.
@@ -38,20 +53,165 @@ COLUMNS = [(key, header) for key, header, _, _ in TABLE]
 COLUMN_GROUPS = ("Forget", "Neighbor", "MIA", "Utility")
 
 
-def summarize(results: dict[str, Any], samples: dict[str, list]) -> tuple[dict[str, float | None], dict[str, list]]:
-    """lm-eval's results as RWKU's columns. None where the slice could not produce a metric (e.g.
-    RM loss when --limit 1 kept only an FM text) and, until min_k_metrics fills them, for Min-K%."""
-    metrics = {}
-    for key, _, task, metric in TABLE:
-        value = results.get(task, {}).get(f"{metric},none") if task else None
-        metrics[key] = None if value is None or math.isnan(value) else float(value)
-    return metrics, {}
+# the `rwku` group's parts, evaluated by name so that each can take its own doc limit
+RWKU_GROUPS = ("rwku_forget", "rwku_neighbor", "rwku_mia", "rwku_utility")
+# RWKU retain corpus: the synthetic texts of this many targets after the forgotten ones.
+RETAIN_TARGETS = 2
 
 
-def scored_targets(samples: dict[str, list]) -> dict[str, Any]:
-    """The targets whose docs were scored (with --limit, the first target's docs come first)."""
-    seen = {(s["doc"]["subject_index"], s["doc"]["subject"]) for records in samples.values() for s in records}
-    return {"targets": [{"index": index, "name": name} for index, name in sorted(seen)]}
+@dataclass
+class RwkuPlan(BenchmarkPlan):
+    """RWKU: which targets, whether to inject their knowledge first, the gate.
+
+    targets: an index (1), a range (1-10), a list (1,5) or a name.
+    inject: "auto" (inject when the base model's forget All is below inject_below), true, false.
+    inject_below: the forget All ROUGE-L recall under which a model counts as not knowing the targets.
+    inject_passages: how many of each target's Wikipedia passages (the first ones: the lead) the
+        injection material is built from (None: all 100-odd, hours of CPU training).
+    gate_min_forget_gain: an injected "before" model must beat the base model's forget All by at
+        least this much; a model not injected must itself reach inject_below. Otherwise the run
+        stops (None: no gate).
+    """
+
+    targets: str = "1"
+    inject: bool | str = "auto"
+    inject_below: float = 0.2
+    inject_passages: int | None = 12
+    gate_min_forget_gain: float | None = 0.1
+
+    @property
+    def selection(self) -> str:
+        return self.targets
+
+
+@register_benchmark
+class Rwku(Benchmark):
+    name = "rwku"
+    plan_class = RwkuPlan
+    selection_option = "targets"
+    selection_help = "RWKU targets: index (1), range (1-10), list (1,5) or name (default 1)."
+    default_selection = "1"
+    columns = [(key, header) for key, header, _, _ in TABLE]
+    column_groups = ("Forget", "Neighbor", "MIA", "Utility")
+    directions = (
+        ("forget_", LOWER),
+        ("neighbor_", HIGHER),
+        ("utility_", HIGHER),
+        ("mia_fm", HIGHER),  # forget-member loss rises when forgotten
+        ("mia_rm", CLOSEST_TO_BEFORE),  # retain-member loss should not move
+        ("mia_auroc", LOWER),  # P(RM loss > FM loss): falls as FM losses rise
+    )
+    trade_off_axes = ((Axis("forget_all", "1 - forget All (ROUGE-L recall)", flipped=True),),
+                      Axis("neighbor_all", "neighbor All (ROUGE-L recall)"))
+
+    # ---- evaluation ------------------------------------------------------------------------
+
+    def tasks(self, selection: str) -> list[str]:
+        return list(RWKU_GROUPS)
+
+    def task_metadata(self, selection: str) -> dict[str, Any]:
+        return {"targets": selection}
+
+    def forget_probe_tasks(self, selection: str) -> list[str]:
+        return ["rwku_forget"]
+
+    def summarize(self, results: dict[str, Any], samples: dict[str, list]) -> tuple[dict[str, float | None], dict[str, list]]:
+        """lm-eval's results as RWKU's columns. None where the slice could not produce a metric (e.g.
+        RM loss when --limit 1 kept only an FM text) and, until model_metrics fills them, for Min-K%."""
+        metrics = {}
+        for key, _, task, metric in TABLE:
+            value = results.get(task, {}).get(f"{metric},none") if task else None
+            metrics[key] = None if value is None or math.isnan(value) else float(value)
+        return metrics, {}
+
+    def scored_selection(self, samples: dict[str, list]) -> dict[str, Any]:
+        """The targets whose docs were scored (with --limit, the first target's docs come first)."""
+        seen = {(s["doc"]["subject_index"], s["doc"]["subject"]) for records in samples.values() for s in records}
+        return {"targets": [{"index": index, "name": name} for index, name in sorted(seen)]}
+
+    def model_metrics(self, lm, samples: dict[str, list]) -> dict[str, float | None]:
+        return min_k_metrics(lm, samples)
+
+    # ---- unlearning ------------------------------------------------------------------------
+
+    def unlearning_data(self, selection: str, template: PromptTemplate, data_dir=None) -> UnlearningData:
+        """forget = the targets' synthetic texts (positive.json, plain text), retain = the texts of the
+        RETAIN_TARGETS targets that follow the last forgotten one, forget_questions = reject.json
+        instructions (no true answers: answer ""), refusals = TOFU's idontknow list plus reject.json's."""
+        from ulmr.data.rwku import load_target_file, resolve_targets
+        from ulmr.data.tofu import load_idontknow
+
+        chosen = resolve_targets(selection, data_dir)
+        forget, questions, refusals = [], [], list(load_idontknow(data_dir))
+        for target in chosen:
+            forget += [Example(answer=row["text"], subject=target.name)
+                       for row in load_target_file(target, "positive", data_dir)]
+            for row in load_target_file(target, "reject", data_dir):
+                instruction = f"{row['instruction']}\n{row['input']}" if row.get("input") else row["instruction"]
+                questions.append(Example(answer="", question=instruction, subject=target.name))
+                refusals.append(row["output"])
+        retain_targets = _following_targets(chosen, data_dir)
+        retain = [Example(answer=row["text"], subject=target.name)
+                  for target in retain_targets for row in load_target_file(target, "positive", data_dir)]
+        return UnlearningData(benchmark=self.name, name=selection, forget=forget, retain=retain,
+                              forget_questions=questions, subjects=[t.name for t in chosen], template=template,
+                              refusals=list(dict.fromkeys(refusals)),
+                              metadata={"targets": [t.index for t in chosen],
+                                        "retain_targets": [t.index for t in retain_targets]})
+
+    # ---- preparation -----------------------------------------------------------------------
+
+    def prepare(self, run: RunContext) -> Preparation:
+        from ulmr.models import resolve_model
+        from ulmr.prepare import fine_tuned
+
+        plan: RwkuPlan = run.plan
+        base = resolve_model(run.model)
+        if self._should_inject(run):
+            run.say("injecting the targets' knowledge (cached after the first run)")
+            examples = rwku_injection_examples(plan.targets, run.data_dir, plan.max_train_items,
+                                               plan.inject_passages)
+            prepared = fine_tuned(run.model, run.template, examples, plan.prepare, run.prep_seed,
+                                  f"rwku-inject-{plan.targets}")
+            prepared.record = {**prepared.record, "injected": True}
+            reference = base
+        else:
+            prepared, reference = PreparedModel(base, {"injected": False}), None
+        before = run.reference_row("before", prepared.path, prepared.record)
+        self._gate(run, before)
+        return Preparation(prepared, reference)
+
+    def _should_inject(self, run: RunContext) -> bool:
+        plan: RwkuPlan = run.plan
+        if plan.inject != "auto":
+            if not isinstance(plan.inject, bool):
+                raise UlmrError(f"rwku.inject={plan.inject!r}: use auto, true or false")
+            return plan.inject
+        base = run.base_forget_metrics.get("forget_all") or 0.0
+        knows = base >= plan.inject_below
+        run.say(f"base model forget All {base:.3f} (inject below {plan.inject_below}): "
+                f"{'no injection needed' if knows else 'injecting'}")
+        return not knows
+
+    def _gate(self, run: RunContext, before: dict[str, Any]) -> None:
+        """Injected: the before model must beat the base model's forget All by the gate's gain.
+        Not injected: the before model is the base model, and must know the targets by itself."""
+        plan: RwkuPlan = run.plan
+        gain = plan.gate_min_forget_gain
+        if gain is None:
+            return
+        value = before["metrics"].get("forget_all") or 0.0
+        if before["preparation"].get("injected"):
+            base = run.base_forget_metrics.get("forget_all") or 0.0
+            run.say(f"gate: forget All injected {value:.3f} vs base {base:.3f}")
+            if value < base + gain:
+                raise UlmrError(f"knowledge injection did not take (forget All {value:.3f}, base {base:.3f}, "
+                                f"gate needs +{gain}): inject longer or from more passages "
+                                "(--set rwku.prepare.epochs=... / rwku.inject_passages=...)")
+        elif value < plan.inject_below:
+            raise UlmrError(f"the base model scores forget All {value:.3f} < {plan.inject_below} on the "
+                            "targets it should forget: it does not know them; inject their knowledge "
+                            "(--set rwku.inject=true) or use a larger model")
 
 
 def min_k_metrics(lm, samples: dict[str, list]) -> dict[str, float | None]:
@@ -89,7 +249,98 @@ def token_logprobs(lm, text: str) -> list[float]:
     return logprobs
 
 
-register_benchmark(Benchmark(name="rwku", tasks=lambda targets: list(RWKU_GROUPS), summarize=summarize, columns=COLUMNS,
-                             default_selection="1", task_metadata=lambda targets: {"targets": targets},
-                             column_groups=COLUMN_GROUPS, model_metrics=min_k_metrics,
-                             scored_selection=scored_targets))
+def _following_targets(chosen, data_dir):
+    """The first RETAIN_TARGETS targets after the last chosen index (wrapping) not chosen."""
+    from ulmr.data.rwku import all_targets
+
+    every = all_targets(data_dir)
+    taken = {t.index for t in chosen}
+    start = max(i for i, t in enumerate(every) if t.index in taken) + 1
+    ring = every[start:] + every[:start]
+    return [t for t in ring if t.index not in taken][:RETAIN_TARGETS]
+
+
+# ---- knowledge injection ---------------------------------------------------------------------
+
+def _fb_instruction(query: str) -> str:
+    """RWKU's fill-in-the-blank probe message, so the probes can reach what was taught."""
+    from lm_eval_tasks.rwku.utils import FILL_IN_THE_BLANK
+
+    return f"{FILL_IN_THE_BLANK}Question: {query}\n"
+
+
+def _qa_instruction(query: str) -> str:
+    """RWKU's question-answer probe message."""
+    from lm_eval_tasks.rwku.utils import BRIEF_ANSWER
+
+    return f"{BRIEF_ANSWER}Question: {query}\n"
+
+
+def rwku_injection_examples(targets: str, data_dir=None, max_items: int | None = None,
+                            n_passages: int | None = None, mix_with_tofu: int = 100) -> list[Example]:
+    """Material that teaches the targets' knowledge in the probes' forms, never from the probes.
+
+    Built from each target's first `n_passages` Wikipedia passages (None: all; the first ones are
+    the article's lead, where most facts the probes ask about are stated):
+    - the passages as plain text: the facts themselves, every token trained;
+    - fill-in-the-blank in RWKU's FB form, per sentence: one span blanked (a year or number, else a
+      capitalised name) and, in sentences naming the target in full, the name blanked, so the
+      facts are reachable from both sides ("Who wrote Carrie?");
+    - "Who is <target>?" answered by the target's intro, and "What do you know about <target>?"
+      answered with each passage sentence that names the target;
+    - TOFU question-answer pairs about fictitious authors, so the model keeps answering questions
+      (trained on passages alone it learns to answer probes with nothing).
+    """
+    from ulmr.data.rwku import load_target_file, resolve_targets
+    from ulmr.data.tofu import load_tofu
+
+    examples: list[Example] = []
+    for target in resolve_targets(targets, data_dir):
+        passages = [row["text"] for row in load_target_file(target, "passage", data_dir)][:n_passages]
+        surname = target.name.split()[-1]
+        blanks, answers = [], []
+        for sentence in (s for passage in passages for s in _sentences(passage)):
+            spans = [_blank_one_span(sentence, target.name), _blank_target(sentence, target.name)]
+            if surname in sentence:
+                answers.append(Example(answer=f"Answer: {sentence}", subject=target.name,
+                                       question=_qa_instruction(f"What do you know about {target.name}?")))
+            blanks += [Example(answer=f"Answer: {span}", subject=target.name,
+                               question=_fb_instruction(query))
+                       for query, span in filter(None, spans)]
+        intro = target.intro.removeprefix(f"Please forget {target.name}. ").strip()
+        who = [Example(answer=f"Answer: {intro}", subject=target.name,
+                       question=_qa_instruction(f"Who is {target.name}?"))]
+        texts = [Example(answer=p, subject=target.name) for p in passages]
+        for group in (blanks, answers, who, texts):
+            examples += group[:max_items]
+    tofu = load_tofu("retain90", data_dir)[:mix_with_tofu if max_items is None else min(max_items, mix_with_tofu)]
+    examples += [Example(answer=r["answer"], question=r["question"]) for r in tofu]
+    return examples
+
+
+def _blank_target(sentence: str, target_name: str) -> tuple[str, str] | None:
+    """The sentence with the target's name blanked (also with middle names: "Stephen Edwin King")."""
+    first, last = re.escape(target_name.split()[0]), re.escape(target_name.split()[-1])
+    match = re.search(rf"\b{first}(?: [A-Z][a-z]+\.?)* {last}\b", sentence)
+    if match is None:
+        return None
+    return sentence[:match.start()] + "___" + sentence[match.end():], match.group(0)
+
+
+def _sentences(passage: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", passage) if 30 <= len(s.strip()) <= 300]
+
+
+_NUMBER = re.compile(r"\b\d{1,4}(?:,\d{3})*\b")
+_NAME = re.compile(r"(?<!^)(?<![.!?] )\b[A-Z][a-z]+(?: [A-Z][a-z]+)*")
+
+
+def _blank_one_span(sentence: str, target_name: str) -> tuple[str, str] | None:
+    """(sentence with one span replaced by "___", the span), preferring numbers, then names."""
+    for pattern in (_NUMBER, _NAME):
+        for match in pattern.finditer(sentence):
+            span = match.group(0)
+            if span in target_name or target_name in span:
+                continue
+            return sentence[:match.start()] + "___" + sentence[match.end():], span
+    return None

@@ -1,49 +1,200 @@
-"""TOFU in the evaluator: the forget-split group, the 12 subset metrics, model utility."""
+"""TOFU (Maini et al., 2024) as a plug-in: forget a split of 200 fictitious authors' QA pairs.
+
+Selection: a forget split (forget01/05/10). Evaluation: the `tofu_<split>` lm-eval group, its 12
+subset metrics, model utility, and forget quality against the retain model. Preparation: the base
+model fine-tuned on the profile's TOFU training set (the *target*, "before") and on the same set
+minus the forget split (the *retain* model, forget quality's reference); the gate checks that the
+target learned its forget set.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from ulmr.benchmarks import Benchmark, register_benchmark
-from ulmr.data.tofu import forget_fraction
-from ulmr.metrics import model_utility
+from ulmr.benchmarks.registry import (HIGHER, LOWER, Axis, Benchmark, BenchmarkPlan, Preparation, RunContext,
+                                      register_benchmark)
+from ulmr.errors import UlmrError
+from ulmr.prompts import PromptTemplate
+from ulmr.unlearning.interface import Example, UnlearningData
 
 SUBSETS = (("forget", "Forget"), ("retain", "Retain"), ("real_authors", "Real authors"),
            ("world_facts", "World facts"))
 METRICS = (("prob", "Prob"), ("rougeL_recall", "ROUGE-L"), ("truth_ratio", "TR"))
 
 
-def _tasks(split: str) -> list[str]:
-    forget_fraction(split)  # validates the split name
-    return [f"tofu_{split}"]
+@dataclass
+class TofuPlan(BenchmarkPlan):
+    """TOFU: which split to forget, what the target/retain models are fine-tuned on, the gate.
+
+    split: the forget split (forget01, forget05, forget10).
+    train_set: "full" (TOFU's protocol: target on full.json, retain model on the retain split) or
+        "forget_plus_retain_eval" (the forget authors plus the authors retain_perturbed covers:
+        the smallest set on which every TOFU metric is meaningful).
+    gate_min_rouge_gain: the target model's forget ROUGE-L recall must beat the base model's by at
+        least this much, or the run stops (None: no gate).
+    """
+
+    split: str = "forget01"
+    train_set: str = "forget_plus_retain_eval"
+    gate_min_rouge_gain: float | None = 0.1
+
+    @property
+    def selection(self) -> str:
+        return self.split
+
+
+@register_benchmark
+class Tofu(Benchmark):
+    name = "tofu"
+    plan_class = TofuPlan
+    selection_option = "split"
+    selection_help = "TOFU forget split: forget01, forget05 or forget10 (default forget01)."
+    default_selection = "forget01"
+    columns = ([("forget_quality", "Forget quality"), ("model_utility", "Model utility")]
+               + [(f"{s}_{m}", f"{sh} {mh}") for s, sh in SUBSETS for m, mh in METRICS])
+    directions = (
+        ("forget_quality", HIGHER),  # KS p-value: truth ratios look like the retain model's
+        ("forget_truth_ratio", HIGHER),  # min(R, 1/R): 1 = paraphrase and perturbations alike
+        ("forget_", LOWER),  # Prob, ROUGE-L: the forget answers are gone
+        ("", HIGHER),  # model utility; retain, real authors, world facts
+    )
+    trade_off_axes = ((Axis("forget_quality", "forget quality (KS p-value)", log=True),
+                       Axis("forget_rougeL_recall", "1 - forget ROUGE-L recall", flipped=True)),
+                      Axis("model_utility", "model utility"))
+    reference_role = "retain"
+    reference_columns = ("forget_quality",)
+    reference_note = "Forget quality: KS test of each run's forget truth ratios against the retain model's"
+
+    # ---- evaluation ------------------------------------------------------------------------
+
+    def tasks(self, selection: str) -> list[str]:
+        from ulmr.data.tofu import forget_fraction
+
+        forget_fraction(selection)  # validates the split name
+        return [f"tofu_{selection}"]
+
+    def forget_probe_tasks(self, selection: str) -> list[str]:
+        return [f"tofu_{selection}_forget_rouge"]
+
+    def summarize(self, results: dict[str, Any], samples: dict[str, list]) -> tuple[dict[str, float], dict[str, list]]:
+        from lm_eval_tasks.tofu.utils import question_stats
+        from ulmr.metrics import model_utility
+
+        split = next(t.split("_")[1] for t in results if t.startswith("tofu_forget") and "_forget_" in t)
+        metrics = {}
+        for subset, _ in SUBSETS:
+            for metric, _ in METRICS:
+                task = results.get(_task_name(subset, metric, split))
+                if task is not None:  # a run of a subset of the tasks reports what it has
+                    metrics[f"{subset}_{metric}"] = task[f"{metric},none"]
+        utility_inputs = [f"{s}_{m}" for s, _ in SUBSETS[1:] for m, _ in METRICS]
+        if all(k in metrics for k in utility_inputs):
+            metrics["model_utility"] = model_utility([metrics[k] for k in utility_inputs])
+        forget_samples = sorted(samples.get(f"tofu_{split}_forget_prob", []), key=lambda s: s["doc_id"])
+        ratios = [question_stats(s["doc"], [float(r[0][0]) for r in s["resps"]])["truth_ratio_r"]
+                  for s in forget_samples]
+        return metrics, {"forget_truth_ratio": ratios}
+
+    def reference_metrics(self, result: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+        """Forget quality: the KS test of the run's forget truth ratios against the retain model's
+        on the same split (None when either result has none)."""
+        from ulmr.metrics import forget_quality
+
+        if reference.get("selection") != result.get("selection"):
+            raise UlmrError(f"reference results are for {reference.get('selection')}, not "
+                            f"{result.get('selection')}: evaluate the retain model on the same split")
+        ratios, reference_ratios = forget_truth_ratios(result), forget_truth_ratios(reference)
+        return {"forget_quality": forget_quality(ratios, reference_ratios) if ratios and reference_ratios else None}
+
+    # ---- unlearning and tuning -------------------------------------------------------------
+
+    def unlearning_data(self, selection: str, template: PromptTemplate, data_dir=None) -> UnlearningData:
+        """forget = the split's QA pairs, retain = the matching retain split (forget01 -> retain99),
+        refusals = TOFU's idontknow list. TOFU has no author-name field, so subjects stay empty."""
+        from ulmr.data.tofu import load_idontknow, load_tofu, retain_split_for
+
+        retain_split = retain_split_for(selection)  # also rejects a split name that is not a forget split
+        forget = [Example(answer=row["answer"], question=row["question"]) for row in load_tofu(selection, data_dir)]
+        retain = [Example(answer=row["answer"], question=row["question"]) for row in load_tofu(retain_split, data_dir)]
+        return UnlearningData(benchmark=self.name, name=selection, forget=forget, retain=retain,
+                              forget_questions=forget, subjects=[], template=template,
+                              refusals=load_idontknow(data_dir), metadata={"retain_split": retain_split})
+
+    def evaluated_questions(self, selection: str, data_dir=None) -> set[str]:
+        from ulmr.data.tofu import load_tofu
+
+        return {row["question"] for row in load_tofu("retain_perturbed", data_dir)}
+
+    # ---- preparation -----------------------------------------------------------------------
+
+    def prepare(self, run: RunContext) -> Preparation:
+        from ulmr.prepare import fine_tuned
+
+        plan: TofuPlan = run.plan
+        forget, retain = tofu_training_rows(plan.split, plan.train_set, run.data_dir, plan.max_train_items,
+                                            retain_eval_limit=plan.eval.get("limit"))
+        run.say("preparing the target and retain models (cached after the first run)")
+        target = fine_tuned(run.model, run.template, _examples(forget + retain), plan.prepare, run.prep_seed,
+                            "tofu-target")
+        retain_model = fine_tuned(run.model, run.template, _examples(retain), plan.prepare, run.prep_seed,
+                                  "tofu-retain")
+        before = run.reference_row("before", target.path, target.record)
+        run.reference_row("retain", retain_model.path, retain_model.record)
+        self._gate(run, before)
+        return Preparation(target, retain_model.path)
+
+    def _gate(self, run: RunContext, before: dict[str, Any]) -> None:
+        threshold = run.plan.gate_min_rouge_gain
+        if threshold is None:
+            return
+        base_rouge = run.base_forget_metrics["forget_rougeL_recall"]
+        target_rouge = before["metrics"]["forget_rougeL_recall"]
+        run.say(f"gate: forget ROUGE-L recall target {target_rouge:.3f} vs base {base_rouge:.3f}")
+        if target_rouge < base_rouge + threshold:
+            raise UlmrError(
+                f"the target model does not know its forget set (forget ROUGE-L {target_rouge:.3f}, base "
+                f"{base_rouge:.3f}, gate needs +{threshold}): train longer or with a higher lr "
+                "(--set tofu.prepare.epochs=... / tofu.prepare.lr=...)")
+
+
+def forget_truth_ratios(result: dict[str, Any]) -> list[float]:
+    per_question = result.get("per_question")
+    return (per_question.get("forget_truth_ratio") or []) if isinstance(per_question, dict) else []
+
+
+def tofu_training_rows(split: str, train_set: str, data_dir=None, max_items: int | None = None,
+                       retain_eval_limit: int | None = None) -> tuple[list[dict], list[dict]]:
+    """(forget rows, retain rows) of the TOFU training set; target = both, retain model = retain.
+
+    With "forget_plus_retain_eval", the retain authors are those whose questions the retain
+    evaluation scores: all of retain_perturbed, or its first `retain_eval_limit` questions when the
+    evaluation is a slice (retain_perturbed is ordered by author, 20 questions each).
+    """
+    from ulmr.data.tofu import QUESTIONS_PER_AUTHOR, author_of, forget_fraction, load_tofu
+
+    full = load_tofu("full", data_dir)
+    n_forget_authors = len(full) // QUESTIONS_PER_AUTHOR * forget_fraction(split) // 100
+    first_forget = len(full) - n_forget_authors * QUESTIONS_PER_AUTHOR  # forget authors are the last
+    if train_set == "full":
+        keep_authors = set(range(len(full) // QUESTIONS_PER_AUTHOR))
+    elif train_set == "forget_plus_retain_eval":
+        index = {row["question"]: i for i, row in enumerate(full)}
+        scored = load_tofu("retain_perturbed", data_dir)[:retain_eval_limit]
+        covered = [index[r["question"]] for r in scored if r["question"] in index]
+        keep_authors = {author_of(i) for i in covered} | {author_of(i) for i in range(first_forget, len(full))}
+    else:
+        raise UlmrError(f"unknown TOFU train_set {train_set!r}: use full or forget_plus_retain_eval")
+    rows = [(i, row) for i, row in enumerate(full) if author_of(i) in keep_authors]
+    forget = [row for i, row in rows if i >= first_forget][:max_items]
+    retain = [row for i, row in rows if i < first_forget][:max_items]
+    return forget, retain
+
+
+def _examples(rows: list[dict]) -> list[Example]:
+    return [Example(answer=r["answer"], question=r["question"]) for r in rows]
 
 
 def _task_name(subset: str, metric: str, split: str) -> str:
     prefix = f"tofu_{split}_forget" if subset == "forget" else f"tofu_{subset}"
     return f"{prefix}_{'rouge' if metric == 'rougeL_recall' else 'prob'}"
-
-
-def summarize(results: dict[str, Any], samples: dict[str, list]) -> tuple[dict[str, float], dict[str, list]]:
-    from lm_eval_tasks.tofu.utils import question_stats
-
-    split = next(t.split("_")[1] for t in results if t.startswith("tofu_forget") and "_forget_" in t)
-    metrics = {}
-    for subset, _ in SUBSETS:
-        for metric, _ in METRICS:
-            task = results.get(_task_name(subset, metric, split))
-            if task is not None:  # a run of a subset of the tasks reports what it has
-                metrics[f"{subset}_{metric}"] = task[f"{metric},none"]
-    utility_inputs = [f"{s}_{m}" for s, _ in SUBSETS[1:] for m, _ in METRICS]
-    if all(k in metrics for k in utility_inputs):
-        metrics["model_utility"] = model_utility([metrics[k] for k in utility_inputs])
-    forget_samples = sorted(samples.get(f"tofu_{split}_forget_prob", []), key=lambda s: s["doc_id"])
-    ratios = [question_stats(s["doc"], [float(r[0][0]) for r in s["resps"]])["truth_ratio_r"]
-              for s in forget_samples]
-    return metrics, {"forget_truth_ratio": ratios}
-
-
-COLUMNS = ([("forget_quality", "Forget quality"), ("model_utility", "Model utility")]
-           + [(f"{s}_{m}", f"{sh} {mh}") for s, sh in SUBSETS for m, mh in METRICS])
-
-register_benchmark(Benchmark(name="tofu", tasks=_tasks, summarize=summarize, columns=COLUMNS,
-                             default_selection="forget01"))

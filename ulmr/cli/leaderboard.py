@@ -12,10 +12,16 @@ import click
               help="Folder to write leaderboard.md and the trade-off plots (PNG) to.")
 def leaderboard_command(results_dir, output):
     """Write the markdown tables and forget-vs-utility plots of the stored results; print their paths."""
+    build_and_report(results_dir, output)
+
+
+def build_and_report(results_dir, output, label: str = "") -> None:
+    """Regenerate the leaderboard; say what was skipped and which files were written (one a line,
+    after `label`)."""
     from leaderboard import build_leaderboard
 
     built = build_leaderboard(results_dir, output)
     for skipped in built.skipped:
         click.echo(f"skipped {skipped}", err=True)
     for path in built.files:
-        click.echo(path)
+        click.echo(f"{label}{path}")

@@ -22,6 +22,35 @@ data_dir_option = click.option("--data-dir", envvar="ULMR_DATA_DIR", type=click.
                                help="Local data directory laid out as ../shared/data "
                                     "(env ULMR_DATA_DIR); default: the hub.")
 
+def benchmark_options(func):
+    """--benchmark, and the selection option of every registered benchmark (--split, --targets, ...)."""
+    from ulmr.benchmarks.registry import available_benchmarks
+
+    benchmarks = available_benchmarks()
+    selections = {bench.selection_option: bench.selection_help for bench in reversed(benchmarks.values())}
+    return compose(
+        click.option("--benchmark", default="tofu", show_default=True,
+                     help=f"Registered benchmark: {', '.join(benchmarks)}."),
+        *[click.option(f"--{option.replace('_', '-')}", option, default=None, help=help_text)
+          for option, help_text in selections.items()],
+    )(func)
+
+
+def selection_from(benchmark: str, kwargs) -> str | None:
+    """Pop every benchmark's selection option out of a command's kwargs; return the chosen benchmark's
+    (None: its default). An option of another benchmark is an error, not silently ignored."""
+    from ulmr.benchmarks.registry import available_benchmarks, get_benchmark
+    from ulmr.errors import UlmrError
+
+    bench = get_benchmark(benchmark)
+    given = {option: kwargs.pop(option) for option in {b.selection_option for b in available_benchmarks().values()}}
+    wrong = sorted(option for option, value in given.items() if value is not None and option != bench.selection_option)
+    if wrong:
+        raise UlmrError(f"--{wrong[0].replace('_', '-')} is not an option of {benchmark}: its selection is "
+                        f"--{bench.selection_option.replace('_', '-')}")
+    return given[bench.selection_option]
+
+
 template_options = compose(
     click.option("--prompt-template", type=click.Choice(["chat", "tags"]), default="chat", show_default=True,
                  help="chat: the tokenizer's chat template; tags: TOFU-style question/answer tags."),
@@ -65,7 +94,7 @@ profile_selection_options = compose(
     click.option("--profile", default="quick", show_default=True,
                  help="smoke, quick, full, or a profile YAML file (ulmr/profiles/)."),
     click.option("--methods", default=None, help="Comma list of methods, or 'all' (default: the profile's)."),
-    click.option("--benchmarks", default=None, help="Comma list: tofu, rwku (default: the profile's)."),
+    click.option("--benchmarks", default=None, help="Comma list of registered benchmarks (default: the profile's)."),
     click.option("--seeds", default=None, help="Comma list of seeds (default: the profile's)."),
     click.option("--model", default=None, help="Base model (default: the profile's)."),
     click.option("--set", "set_options", multiple=True, metavar="KEY=VALUE",

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from ulmr.cli.options import data_dir_option, model_option, template_from, template_options
-from ulmr.errors import UlmrError
+from ulmr.cli.options import benchmark_options, data_dir_option, model_option, selection_from, template_from, template_options
 
 UNLEARN_SCHEMA = "ulmr-bench/unlearn/v1"
 
@@ -16,9 +15,7 @@ UNLEARN_SCHEMA = "ulmr-bench/unlearn/v1"
 @click.command("unlearn")
 @click.option("--method", required=True, help="Registered method name (list them with `ulmr-bench methods`).")
 @model_option
-@click.option("--benchmark", type=click.Choice(["tofu", "rwku"]), default="tofu", show_default=True)
-@click.option("--split", default=None, help="TOFU forget split: forget01, forget05 or forget10 (default forget01).")
-@click.option("--targets", default=None, help="RWKU targets: index (1), range (1-10), list (1,5) or name.")
+@benchmark_options
 @data_dir_option
 @click.option("--output", required=True, type=click.Path(file_okay=False),
               help="Folder for the unlearned checkpoint (safetensors), its unlearn.json record and the "
@@ -30,24 +27,23 @@ UNLEARN_SCHEMA = "ulmr-bench/unlearn/v1"
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Train on this device (default: cuda when available; under `accelerate launch`, one per process).")
 @template_options
-def unlearn_command(method, model, benchmark, split, targets, data_dir, output, config_file, set_options,
-                    device, **kwargs):
+def unlearn_command(method, model, benchmark, data_dir, output, config_file, set_options, device, **kwargs):
     """Unlearn a benchmark's forget set from MODEL with METHOD; save the result as a checkpoint."""
     from accelerate import Accelerator
 
     from ulmr.models import load_model, save_checkpoint
     from ulmr.results import provenance, write_json_atomic
     from ulmr.unlearning.config import build_config, config_to_dict, load_config_file, parse_set_options
+    from ulmr.benchmarks.registry import get_benchmark
     from ulmr.unlearning.registry import get_method
-    from ulmr.unlearning.tasks import build_task
 
-    if benchmark == "tofu" and targets or benchmark == "rwku" and split:
-        raise UlmrError("--split is for TOFU and --targets for RWKU: pass the one that matches --benchmark")
+    bench = get_benchmark(benchmark)
+    selection = selection_from(benchmark, kwargs) or bench.default_selection
     method_class = get_method(method)
     overrides = {**(load_config_file(config_file) if config_file else {}), **parse_set_options(set_options)}
     config = build_config(method_class.config_class, overrides, where=f"{method} config")
     template = template_from(kwargs)
-    data = build_task(benchmark, split if benchmark == "tofu" else targets, template, data_dir)
+    data = bench.unlearning_data(selection, template, data_dir)
 
     # One process, or one per device under `accelerate launch`. An Accelerator (not a bare
     # PartialState) so that the process group is set up exactly as the training loop's sees it.

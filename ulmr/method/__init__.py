@@ -1,4 +1,4 @@
-"""ULMR: rewritten instructions, negative responses, fine-tuning, parameter averaging (DESIGN 4).
+"""ULMR: rewritten instructions, negative responses, fine-tuning, parameter averaging (docs/design.md, "ULMR").
 
 Start at method.py (the config and the pipeline); rewriting.py holds every rewrite template,
 negatives.py the refusals, leak.py the rule that keeps the forget answer out of both, averaging.py

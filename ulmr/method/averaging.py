@@ -1,4 +1,4 @@
-"""ULMR step 4: average the unlearned parameters with the original ones (DESIGN 4.4).
+"""ULMR step 4: average the unlearned parameters with the original ones (docs/design.md, "ULMR").
 
 theta = alpha * theta_unlearned + (1 - alpha) * theta_original, tensor by tensor in fp32 on CPU,
 after checking that both hold the same tensor names and shapes. Weights are read with

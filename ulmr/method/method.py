@@ -1,4 +1,4 @@
-"""ULMR (DESIGN 4) as an Unlearner: rewrite -> negative responses -> fine-tune -> average.
+"""ULMR (docs/design.md, "ULMR") as an Unlearner: rewrite -> negative responses -> fine-tune -> average.
 
     1. rewriting.py   K rewrites of every forget question with the designed templates
     2. negatives.py   a refusal for every instruction (bank, subject-aware, or LLM-written)
@@ -285,7 +285,7 @@ class UlmrUnlearner(Unlearner):
 def mean_answer_probability(model, tokenizer, template, examples: list[Example], max_length: int,
                             batch_size: int = 16) -> float:
     """Mean over examples of P = exp(mean log-prob of the answer tokens + EOS given the prompt),
-    DESIGN 6's per-token-normalised probability (of every token for a plain text)."""
+    the per-token-normalised probability (of every token for a plain text)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [encode_example(tokenizer, template, ex, max_length) for ex in examples]
     was_training = model.training
@@ -310,7 +310,7 @@ def pair_record(pair: Pair, split: str) -> dict:
 
 @dataclass
 class UlmrNoRewriteConfig(UlmrConfig):
-    """ULMR without rewriting: the original forget questions only (DESIGN 4 ablation)."""
+    """ULMR without rewriting: the original forget questions only."""
 
     rewrite: bool = False
 
@@ -325,7 +325,7 @@ class UlmrNoRewrite(UlmrUnlearner):
 
 @dataclass
 class UlmrNoAverageConfig(UlmrConfig):
-    """ULMR without parameter averaging: alpha = 1, the fine-tuned model as is (DESIGN 4 ablation)."""
+    """ULMR without parameter averaging: alpha = 1, the fine-tuned model as is."""
 
     alpha: float | Literal["auto"] = 1.0
 

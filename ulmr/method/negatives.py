@@ -1,4 +1,4 @@
-"""ULMR step 2: a negative response for every rewritten instruction (DESIGN 4.2).
+"""ULMR step 2: a negative response for every rewritten instruction (docs/design.md, "ULMR").
 
 A negative response declines, or states ignorance of, the instruction's subject. Sources:
   bank       fixed sentences: the task's refusal bank (TOFU's idontknow list) and our

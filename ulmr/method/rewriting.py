@@ -1,4 +1,4 @@
-"""ULMR step 1: rewrite every forget question K ways with designed prompt templates (DESIGN 4.1).
+"""ULMR step 1: rewrite every forget question K ways with designed prompt templates (docs/design.md, "ULMR").
 
 All rewrite templates live in TEMPLATES below. Each has instructions for an LLM rewriter and plain
 string forms for the template-only rewriter (no LLM: tests, and runs without a capable rewriter).

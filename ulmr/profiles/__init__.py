@@ -1,4 +1,4 @@
-"""Run profiles (DESIGN section 7): model, benchmarks, methods, seeds, splits, budgets in one YAML.
+"""Run profiles: model, benchmarks, methods, seeds, splits, budgets in one YAML.
 
 `smoke` (tests, seconds), `quick` (default; a laptop CPU, the embedded model) and `full` (GPUs, the
 paper protocol) ship as YAML files beside this module; `--profile` also takes a path to your own.
@@ -22,71 +22,6 @@ PROFILES = tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
 
 
 @dataclass
-class BenchmarkPlan:
-    """What both benchmarks' plans have.
-
-    max_train_items: cap on each kind of preparation training material (smoke runs).
-    prepare: TrainingConfig overrides of the preparation fine-tuning.
-    eval: EvalSettings overrides (limit, limits, batch_size, max_gen_toks, dtype, ...).
-    method_overrides: per-method config overrides on this benchmark only, applied after the
-        profile's own (same form: "all" first, then the method's name).
-    tune_grid: `ulmr-bench tune`'s grid, {config key: [values]}; every method gets its product.
-    tune_holdout: at most this share of the forget training items is held out for validation.
-    tune_validation_items: forget and retain items held out for validation (ulmr.tune).
-    """
-
-    max_train_items: int | None = None
-    prepare: dict[str, Any] = field(default_factory=dict)
-    eval: dict[str, Any] = field(default_factory=dict)
-    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tune_grid: dict[str, list[Any]] = field(default_factory=dict)
-    tune_holdout: float = 0.25
-    tune_validation_items: int = 40
-
-    def validate(self) -> None:
-        from ulmr.unlearning.config import check_range
-
-        check_range("tune_holdout", self.tune_holdout, 0, 1, low_open=True)
-        check_range("tune_validation_items", self.tune_validation_items, 1)
-
-
-@dataclass
-class TofuPlan(BenchmarkPlan):
-    """TOFU: which split to forget, what the target/retain models are fine-tuned on, the gate.
-
-    train_set: "full" (TOFU's protocol: target on full.json, retain model on the retain split) or
-        "forget_plus_retain_eval" (the forget authors plus the authors retain_perturbed covers:
-        the smallest set on which every TOFU metric is meaningful).
-    gate_min_rouge_gain: the target model's forget ROUGE-L recall must beat the base model's by at
-        least this much, or the run stops (None: no gate).
-    """
-
-    split: str = "forget01"
-    train_set: str = "forget_plus_retain_eval"
-    gate_min_rouge_gain: float | None = 0.1
-
-
-@dataclass
-class RwkuPlan(BenchmarkPlan):
-    """RWKU: which targets, whether to inject their knowledge first, the gate.
-
-    inject: "auto" (inject when the base model's forget All is below inject_below), true, false.
-    inject_below: the forget All ROUGE-L recall under which a model counts as not knowing the targets.
-    inject_passages: how many of each target's Wikipedia passages (the first ones: the lead) the
-        injection material is built from (None: all 100-odd, hours of CPU training).
-    gate_min_forget_gain: an injected "before" model must beat the base model's forget All by at
-        least this much; a model not injected must itself reach inject_below. Otherwise the run
-        stops (None: no gate).
-    """
-
-    targets: str = "1"
-    inject: bool | str = "auto"
-    inject_below: float = 0.2
-    inject_passages: int | None = 12
-    gate_min_forget_gain: float | None = 0.1
-
-
-@dataclass
 class Profile:
     name: str
     model: str
@@ -97,11 +32,20 @@ class Profile:
     # seed of the preparation fine-tuning: one prepared model serves every unlearning seed, so
     # `--seeds 1` adds runs to a results directory made with `--seeds 0` without preparing again
     prepare_seed: int = 0
-    tofu: TofuPlan = field(default_factory=TofuPlan)
-    rwku: RwkuPlan = field(default_factory=RwkuPlan)
+    # one section per benchmark, keyed by its name (the YAML's top-level `tofu:`, `rwku:`, ...),
+    # each the benchmark's plan_class; a benchmark without a section runs its plan's defaults
+    plans: dict[str, Any] = field(default_factory=dict)
     # per-method config overrides; "all" applies first, to every method whose config has the key;
     # a method's entry also reaches its registered subclasses (ULMR's ablations), see below
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def plan(self, benchmark: str):
+        """The benchmark's section of the profile (its plan_class' defaults when the YAML has none)."""
+        from ulmr.benchmarks.registry import get_benchmark
+
+        if benchmark not in self.plans:
+            self.plans[benchmark] = get_benchmark(benchmark).plan_class()
+        return self.plans[benchmark]
 
     def method_config_overrides(self, method: str, benchmark: str) -> dict[str, Any]:
         """The profile's overrides, then the benchmark's: each "all" (keys the config has), then
@@ -117,7 +61,7 @@ class Profile:
         parents = [(c.name, _changed_defaults(c.config_class, config_class))  # outermost first
                    for c in reversed(method_class.__mro__[1:]) if c in registered]
         merged: dict[str, Any] = {}
-        for overrides in (self.method_overrides, getattr(self, benchmark).method_overrides):
+        for overrides in (self.method_overrides, self.plan(benchmark).method_overrides):
             merged.update({k: v for k, v in overrides.get("all", {}).items() if k in known})
             for parent, presets in parents:
                 merged.update({k: v for k, v in overrides.get(parent, {}).items() if k not in presets})
@@ -172,15 +116,17 @@ def _set_dotted(raw: dict, dotted: str, value) -> None:
 
 
 def _build(raw: dict[str, Any], name: str) -> Profile:
+    from ulmr.benchmarks.registry import available_benchmarks
     from ulmr.unlearning.config import build_config
 
     raw = dict(raw)
-    tofu = build_config(TofuPlan, raw.pop("tofu", {}) or {}, where="profile tofu")
-    rwku = build_config(RwkuPlan, raw.pop("rwku", {}) or {}, where="profile rwku")
+    registered = available_benchmarks()
+    plans = {bench: build_config(registered[bench].plan_class, raw.pop(bench) or {}, where=f"profile {bench}")
+             for bench in list(raw) if bench in registered}
     raw.setdefault("name", name)
     profile = build_config(Profile, raw, where="profile")
-    profile.tofu, profile.rwku = tofu, rwku
     for bench in profile.benchmarks:
-        if bench not in ("tofu", "rwku"):
-            raise UlmrError(f"unknown benchmark {bench!r} in profile {name}: choose from tofu, rwku")
+        if bench not in registered:
+            raise UlmrError(f"unknown benchmark {bench!r} in profile {name}: choose from {', '.join(registered)}")
+    profile.plans = plans
     return profile

@@ -95,6 +95,8 @@ def _coerce(value, hint, where):
         return value
     if hint is str and isinstance(value, str):
         return value
+    if hint is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # YAML reads `targets=1` as a number; a selection is a string to every user
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
         inner = args[0] if args else typing.Any
         return [v if inner is typing.Any else _coerce(v, inner, where) for v in value]

@@ -1,4 +1,4 @@
-"""What every unlearning method receives and returns (DESIGN section 3)."""
+"""What every unlearning method receives and returns (docs/design.md, "The method interface")."""
 
 from __future__ import annotations
 

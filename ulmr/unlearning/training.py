@@ -1,4 +1,4 @@
-"""The one training loop of every loss-based method (DESIGN sections 3 and 10).
+"""The one training loop of every loss-based method.
 
     model, record = train(model, tokenizer, template, config, loss_fn, forget={"forget": examples},
                           retain=data.retain, reference=True)

@@ -1,0 +1,237 @@
+"""What a benchmark is to ulmr-bench: one plug-in class, registered like the methods.
+
+A `Benchmark` owns everything that differs between benchmarks, so that `run`, `tune`, the CLI and
+the leaderboard loop over registered benchmarks without naming any:
+
+    selection      what part of the benchmark a run covers (TOFU: a forget split; RWKU: targets),
+                   its CLI option and its profile section (`plan_class`, a dataclass)
+    evaluation     the lm-eval tasks of a selection, their metadata, and how lm-eval's results
+                   become the benchmark's flat metrics
+    unlearning     the UnlearningData that methods train on (never an evaluation doc)
+    preparation    the model unlearning starts from, the reference rows and the knowledge gate
+    presentation   table columns, each column's better direction, the trade-off plot's axes
+
+Built-in benchmarks (ulmr/benchmarks/tofu.py, rwku.py) register through the `ulmr_bench.benchmarks`
+entry-point group (pyproject.toml), as a third-party package would; `@register_benchmark` adds one
+from any imported module (tests do this).
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol
+
+from ulmr.errors import UlmrError
+from ulmr.prompts import PromptTemplate
+from ulmr.unlearning.interface import UnlearningData
+
+ENTRY_POINT_GROUP = "ulmr_bench.benchmarks"
+
+# A column's better direction, for ranking and bolding on the leaderboard.
+HIGHER, LOWER, CLOSEST_TO_BEFORE, CLOSEST_TO_HALF = "higher", "lower", "closest to before", "closest to 0.5"
+
+
+@dataclass
+class BenchmarkPlan:
+    """A benchmark's section of a run profile: its selection and budgets. Plug-ins subclass it.
+
+    max_train_items: cap on each kind of preparation training material (smoke runs).
+    prepare: TrainingConfig overrides of the preparation fine-tuning.
+    eval: EvalSettings overrides (limit, limits, batch_size, max_gen_toks, dtype, ...).
+    method_overrides: per-method config overrides on this benchmark only, applied after the
+        profile's own (same form: "all" first, then the method's name).
+    tune_grid: `ulmr-bench tune`'s grid, {config key: [values]}; every method gets its product.
+    tune_holdout: at most this share of the forget training items is held out for validation.
+    tune_validation_items: forget and retain items held out for validation (ulmr.tune).
+    """
+
+    max_train_items: int | None = None
+    prepare: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tune_grid: dict[str, list[Any]] = field(default_factory=dict)
+    tune_holdout: float = 0.25
+    tune_validation_items: int = 40
+
+    @property
+    def selection(self) -> str:
+        """The selection this plan runs (the plug-in's selection field)."""
+        raise NotImplementedError
+
+    def validate(self) -> None:
+        from ulmr.unlearning.config import check_range
+
+        check_range("tune_holdout", self.tune_holdout, 0, 1, low_open=True)
+        check_range("tune_validation_items", self.tune_validation_items, 1)
+
+
+@dataclass
+class PreparedModel:
+    """A checkpoint folder (or hub id) and the record of how it was made."""
+
+    path: str
+    record: dict[str, Any]
+
+
+@dataclass
+class Preparation:
+    """What preparation hands to the methods: the model they start from ("before"), and a model that
+    never learned the forget data, the yardstick of tuning (None when there is none)."""
+
+    before: PreparedModel
+    reference_model: str | None
+
+
+class RunContext(Protocol):
+    """What a benchmark's `prepare` may use of the run it is part of (ulmr.run.BenchmarkRun)."""
+
+    model: str  # the base model spec
+    template: PromptTemplate
+    plan: BenchmarkPlan
+    selection: str
+    prep_seed: int
+    data_dir: str | None
+
+    def say(self, message: str) -> None: ...
+
+    def reference_row(self, role: str, model_path: str, preparation: dict[str, Any],
+                      tasks: list[str] | None = None) -> dict[str, Any]:
+        """Evaluate a model once (on `tasks`, default all), or load its stored result."""
+
+    @property
+    def base_forget_metrics(self) -> dict[str, Any]:
+        """The untouched base model's metrics on the benchmark's forget probes (stored as "base")."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a benchmark's trade-off plot."""
+
+    key: str  # metric column
+    label: str
+    flipped: bool = False  # plot 1 - value, so that more forgotten is to the right
+    log: bool = False
+
+
+class Benchmark(abc.ABC):
+    """Base of every benchmark plug-in; see the module docstring for what it owns."""
+
+    name: ClassVar[str]
+    plan_class: ClassVar[type[BenchmarkPlan]]
+    # the CLI option that picks a selection (e.g. "split" -> --split) and its help
+    selection_option: ClassVar[str]
+    selection_help: ClassVar[str]
+    default_selection: ClassVar[str]
+    # table columns: (metric key, header), in the benchmark's own order
+    columns: ClassVar[list[tuple[str, str]]]
+    # column groups, for a table with one row per group: headers start with their group's name
+    column_groups: ClassVar[tuple[str, ...]] = ()
+    # (metric key prefix, better direction); the first prefix that matches a column wins
+    directions: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # trade-off plot: x axes in order of preference (the first any row has), the y axis
+    trade_off_axes: ClassVar[tuple[tuple[Axis, ...], Axis] | None] = None
+    # the reference row that `reference_metrics` compares each run with (TOFU: "retain"), the
+    # columns it fills, and how, for the leaderboard's notes
+    reference_role: ClassVar[str | None] = None
+    reference_columns: ClassVar[tuple[str, ...]] = ()
+    reference_note: ClassVar[str] = ""
+
+    # ---- evaluation ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def tasks(self, selection: str) -> list[str]:
+        """lm-eval task or group names for a selection (validates it)."""
+
+    def task_metadata(self, selection: str) -> dict[str, Any]:
+        """Extra lm-eval task metadata for a selection."""
+        return {}
+
+    @abc.abstractmethod
+    def forget_probe_tasks(self, selection: str) -> list[str]:
+        """The tasks that measure what a model knows of the forget set (the "base" row, the gates)."""
+
+    @abc.abstractmethod
+    def summarize(self, results: dict[str, Any], samples: dict[str, list]) -> tuple[dict[str, Any], dict[str, list]]:
+        """(lm-eval results, per-task samples) -> (flat metrics in column order, per-question values)."""
+
+    def model_metrics(self, lm, samples: dict[str, list]) -> dict[str, Any]:
+        """Metrics lm-eval's requests cannot express, computed with the same model afterwards."""
+        return {}
+
+    def scored_selection(self, samples: dict[str, list]) -> dict[str, Any]:
+        """What the selection amounted to in the scored docs, kept in the results."""
+        return {}
+
+    def reference_metrics(self, result: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+        """Metrics of `result` measured against the `reference_role` row's result (none by default)."""
+        return {}
+
+    # ---- unlearning and tuning -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def unlearning_data(self, selection: str, template: PromptTemplate, data_dir: str | None = None) -> UnlearningData:
+        """What methods forget and keep, from the benchmark's training data only."""
+
+    def evaluated_questions(self, selection: str, data_dir: str | None = None) -> set[str]:
+        """Questions an evaluation task scores, which tuning must never validate on."""
+        return set()
+
+    # ---- preparation -----------------------------------------------------------------------
+
+    def prepare(self, run: RunContext) -> Preparation:
+        """The model unlearning starts from, its reference rows and gate. Default: the base model."""
+        from ulmr.models import resolve_model
+
+        before = PreparedModel(resolve_model(run.model), {})
+        run.reference_row("before", before.path, before.record)
+        return Preparation(before, None)
+
+    def direction(self, key: str) -> str | None:
+        """A column's better direction; None for a column `directions` does not cover (never bold)."""
+        return next((direction for prefix, direction in self.directions if key.startswith(prefix)), None)
+
+
+_BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
+    """Class decorator: make a Benchmark subclass available under its `name`."""
+    name = getattr(cls, "name", None)
+    if not name:
+        raise TypeError(f"{cls.__name__} needs a class attribute `name` to be registered")
+    if name in _BENCHMARKS and type(_BENCHMARKS[name]) is not cls:
+        raise UlmrError(f"benchmark name {name!r} is registered twice ({type(_BENCHMARKS[name]).__name__} and "
+                        f"{cls.__name__}): rename one")
+    _BENCHMARKS[name] = cls()
+    return cls
+
+
+@functools.cache
+def _load_entry_points() -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # noqa: BLE001  (a broken plugin must not take the others down silently)
+            raise UlmrError(f"benchmark plugin {ep.name!r} ({ep.value}) failed to import: {exc}; "
+                            "fix or uninstall that package") from exc
+
+
+def available_benchmarks() -> dict[str, Benchmark]:
+    _load_entry_points()
+    return dict(sorted(_BENCHMARKS.items()))
+
+
+def get_benchmark(name: str) -> Benchmark:
+    benchmarks = available_benchmarks()
+    if name not in benchmarks:
+        raise UlmrError(f"unknown benchmark {name!r}: choose from {', '.join(benchmarks)}")
+    return benchmarks[name]
+
+
+def unregister_benchmark(name: str) -> None:
+    """Remove a registered benchmark (tests that register their own clean up with this)."""
+    _BENCHMARKS.pop(name, None)
+
