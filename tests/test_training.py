@@ -288,7 +288,7 @@ def test_unlearn_command_writes_a_loadable_checkpoint_and_record(tiny_path, data
     (["--method", "nope"], "unknown method 'nope'"),
     (["--method", "ga", "--set", "beta=1"], "unknown ga config key 'beta'"),
     (["--method", "ga", "--set", "retain_weight=1"], "ga has no retain term"),
-    (["--method", "ga", "--targets", "1"], "--split is for TOFU and --targets for RWKU"),
+    (["--method", "ga", "--targets", "1"], "--targets is not an option of tofu: its selection is --split"),
 ])
 def test_unlearn_command_errors_are_one_line(args, message, tiny_path, tmp_path, capsys):
     from ulmr.cli import main
