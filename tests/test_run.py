@@ -95,15 +95,46 @@ def test_the_cli_run_writes_its_leaderboard_beside_its_results(tmp_path, data_di
     (["run", "--profile", "smoke", "--methods", "no-such-method"], "unknown method 'no-such-method'"),
     (["run", "--profile", "no-such-profile"], "unknown profile 'no-such-profile'"),
     (["run", "--profile", "smoke", "--benchmarks", "mmlu"], "unknown benchmark 'mmlu'"),
-    (["run", "--profile", "smoke", "--seeds", "x"], "seed 'x' is not an integer"),
+    (["run", "--profile", "smoke", "--seeds", "x"], "seed 'x' is not a non-negative integer"),
     (["run", "--profile", "smoke", "--set", "tofu.no_such_field=1"], "unknown profile tofu key 'no_such_field'"),
+    (["run", "--profile", "smoke", "--set", "tofu.eval.limit=abc"], "profile tofu.eval key 'limit' got 'abc'"),
+    (["run", "--profile", "smoke", "--set", "tofu.eval.limit=0"], "profile tofu.eval: limit=0 is out of range"),
+    (["run", "--profile", "smoke", "--set", "rwku.eval.backend=gpu"], "unknown backend 'gpu'"),
+    (["run", "--profile", "smoke", "--set", "method_overrides.all.lr=-1"], "config: lr=-1.0 is out of range"),
+    (["run", "--profile", "smoke", "--seeds=-1"], "seed '-1' is not a non-negative integer"),
+    (["run", "--profile", "smoke", "--seeds", ""], "--seeds '' has an empty item"),
+    (["run", "--profile", "smoke", "--methods", "ga,,npo"], "--methods 'ga,,npo' has an empty item"),
+    (["run", "--profile", "smoke", "--seeds", "0,0"], "seeds lists 0 twice"),
+    (["tune", "--profile", "smoke", "--set", "tofu.eval.limit=0"], "profile tofu.eval: limit=0 is out of range"),
 ])
-def test_bad_run_arguments_are_one_line_errors(argv, message, capsys, tmp_path):
+def test_bad_run_arguments_are_one_line_errors_before_any_work(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        main(argv + ["--results-dir", str(tmp_path)])
+        main(argv + ["--results-dir", str(tmp_path / "results")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "results").exists()  # nothing was evaluated or stored
+
+
+def test_a_malformed_profile_file_is_one_line_naming_it(capsys, tmp_path):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("model: tiny-random\nmethods: [ga\n")
+    with pytest.raises(SystemExit):
+        main(["run", "--profile", str(profile), "--results-dir", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"profile file {profile} is not valid YAML (line" in err[0]
+
+
+def test_a_failed_row_makes_the_run_exit_non_zero_with_a_summary(tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ULMR_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--profile", "smoke", "--benchmarks", "tofu", "--methods", "test-raises", "--data-dir",
+              str(data_dir), "--results-dir", str(tmp_path / "results")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: ") and message in err
+    assert err.startswith("error: 1 of 3 runs failed (test-raises seed 0 on tofu forget01: RuntimeError: "
+                          "engineered failure)")
+    assert (tmp_path / "results" / "leaderboard" / "leaderboard.md").is_file()  # the others still count
 
 
 def test_profiles_load_and_document_their_budgets():

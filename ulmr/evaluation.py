@@ -41,6 +41,33 @@ class EvalSettings:
     max_gen_toks: int | None = None  # None = each task's own (TOFU 200, RWKU 30)
     tasks: list[str] | None = None  # a subset of the benchmark's tasks (e.g. a forget-only probe)
 
+    def validate(self) -> None:
+        from ulmr.unlearning.config import check_range
+
+        check_range("batch_size", self.batch_size, 1)
+        for name, value in (("limit", self.limit), ("max_gen_toks", self.max_gen_toks),
+                            *((f"limits.{task}", n) for task, n in self.limits.items())):
+            if value is not None:
+                check_range(name, value, 1)
+        if self.backend not in LM_EVAL_MODEL_NAMES:
+            raise UlmrError(f"unknown backend {self.backend!r}: use {', '.join(LM_EVAL_MODEL_NAMES)}")
+        if self.dtype not in DTYPES:
+            raise UlmrError(f"unknown dtype {self.dtype!r}: use {', '.join(DTYPES)}")
+
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+def settings_from_plan(benchmark: str, plan, **fixed) -> EvalSettings:
+    """A benchmark plan's evaluation settings (its `eval` section, type- and range-checked, so that a
+    bad value is an error naming the profile key before any model loads), plus `fixed` fields."""
+    from dataclasses import replace
+
+    from ulmr.unlearning.config import build_config
+
+    checked = build_config(EvalSettings, plan.eval, where=f"profile {benchmark}.eval")
+    return replace(checked, benchmark=benchmark, selection=plan.selection, **fixed)
+
 
 def lm_eval_model_args(model_path: str, settings: EvalSettings) -> dict[str, Any]:
     """Model arguments for lm-eval's "hf" or "vllm" model, from our settings."""

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from ulmr import __version__
 from ulmr.errors import UlmrError, first_line
 from ulmr.benchmarks.registry import Preparation, get_benchmark
-from ulmr.evaluation import EvalSettings, evaluate
+from ulmr.evaluation import evaluate, settings_from_plan
 from ulmr.profiles import Profile
 from ulmr.prompts import PromptTemplate
 from ulmr.results import RESULT_SCHEMA, content_key, provenance, stored_or_compute, write_json_atomic
@@ -36,9 +36,20 @@ class RunSummary:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, benchmark: str, selection: str, method: str, seed: int, status: str, seconds: float):
+    def add(self, benchmark: str, selection: str, method: str, seed: int, status: str, seconds: float,
+            error: str | None = None):
         self.rows.append({"benchmark": benchmark, "selection": selection, "method": method, "seed": seed,
-                          "status": status, "seconds": round(seconds, 1)})
+                          "status": status, "seconds": round(seconds, 1), "error": error})
+
+    def failure(self) -> str | None:
+        """One line on the rows that failed (None if none did), for a run's non-zero exit."""
+        failed = [r for r in self.rows if r["status"] == "failed"]
+        if not failed:
+            return None
+        what = "; ".join(f"{r['method']} seed {r['seed']} on {r['benchmark']} {r['selection']}: {r['error']}"
+                         for r in failed)
+        return (f"{len(failed)} of {len(self.rows)} runs failed ({what}); the others are stored: fix the cause "
+                "and rerun, stored results are skipped")
 
     def format(self) -> str:
         lines = [f"{'benchmark':<16}{'method':<16}{'seed':>5}  {'status':<8}{'seconds':>9}"]
@@ -49,10 +60,7 @@ class RunSummary:
 
 def run(profile: Profile, results_dir: str | Path, data_dir: str | None = None, backend: str = "fast",
         echo: Echo = print) -> RunSummary:
-    from ulmr.unlearning.registry import get_method
-
-    for method in profile.methods:
-        get_method(method)  # an unknown name fails before any work
+    profile.check_plan()  # every setting of every benchmark, method and seed, before any work
     template = PromptTemplate.from_options(profile.template)
     summary = RunSummary()
     started = time.time()
@@ -76,8 +84,8 @@ class BenchmarkRun:
         self.selection = self.plan.selection
         self.data_dir, self.echo, self.summary = data_dir, echo, summary
         self.folder = results_dir / file_slug(profile.model) / f"{benchmark}-{file_slug(self.selection)}"
-        self.settings = EvalSettings(benchmark=benchmark, selection=self.selection, data_dir=data_dir,
-                                     template=template, backend=backend, **self.plan.eval)
+        self.settings = settings_from_plan(benchmark, self.plan, data_dir=data_dir, template=template,
+                                           backend=backend)
         self.prep_seed = profile.prepare_seed
 
     def say(self, message: str) -> None:
@@ -184,7 +192,7 @@ class BenchmarkRun:
                 "model": self.profile.model, "method": method, "seed": seed, "status": "failed",
                 "error": message, "traceback": traceback.format_exc(limit=8),
                 "timings": {"seconds": round(time.time() - start, 2)}, "provenance": provenance()})
-            self.summary.add(self.benchmark, self.selection, method, seed, "failed", time.time() - start)
+            self.summary.add(self.benchmark, self.selection, method, seed, "failed", time.time() - start, message)
 
     def evaluable(self, model, tokenizer, method: str, seed: int):
         """(model, tokenizer) args for evaluate: in memory for the fast backend, else saved first."""

@@ -114,7 +114,8 @@ def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None,
     and write no summary files."""
     from ulmr.prompts import PromptTemplate
 
-    for benchmark in profile.benchmarks:  # an unknown method or grid key fails before any work
+    profile.check_plan()
+    for benchmark in profile.benchmarks:  # an unknown grid key fails before any work
         plan = profile.plan(benchmark)
         for method, point in itertools.product(profile.methods, grid_points(plan.tune_grid)):
             profile.method_config(method, benchmark, profile.seeds[0], point, _where(point))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ulmr.errors import UlmrError
 from ulmr.models import DEFAULT_MODEL
 from ulmr.prompts import PromptTemplate
 
@@ -40,7 +41,6 @@ def selection_from(benchmark: str, kwargs) -> str | None:
     """Pop every benchmark's selection option out of a command's kwargs; return the chosen benchmark's
     (None: its default). An option of another benchmark is an error, not silently ignored."""
     from ulmr.benchmarks.registry import available_benchmarks, get_benchmark
-    from ulmr.errors import UlmrError
 
     bench = get_benchmark(benchmark)
     given = {option: kwargs.pop(option) for option in {b.selection_option for b in available_benchmarks().values()}}
@@ -108,24 +108,26 @@ def profile_overrides(methods, benchmarks, seeds, model, set_options) -> dict:
     from ulmr.unlearning.registry import available_methods
 
     overrides = parse_set_options(set_options)
-    if methods:
-        overrides["methods"] = list(available_methods()) if methods == "all" else _split(methods)
-    if benchmarks:
-        overrides["benchmarks"] = _split(benchmarks)
-    if seeds:
-        overrides["seeds"] = [_seed(s) for s in _split(seeds)]
+    if methods is not None:
+        overrides["methods"] = list(available_methods()) if methods == "all" else _split(methods, "methods")
+    if benchmarks is not None:
+        overrides["benchmarks"] = _split(benchmarks, "benchmarks")
+    if seeds is not None:
+        overrides["seeds"] = [_seed(s) for s in _split(seeds, "seeds")]
     if model:
         overrides["model"] = model
     return overrides
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+def _split(text: str, option: str) -> list[str]:
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise UlmrError(f"--{option} {text!r} has an empty item: list names separated by single commas, "
+                        f"e.g. --{option} {','.join(p for p in parts if p) or '...'}")
+    return parts
 
 
 def _seed(text: str) -> int:
-    from ulmr.errors import UlmrError
-
-    if not text.lstrip("-").isdigit():
-        raise UlmrError(f"seed {text!r} is not an integer: pass e.g. --seeds 0,1,2")
+    if not text.isdigit():
+        raise UlmrError(f"seed {text!r} is not a non-negative integer: pass e.g. --seeds 0,1,2")
     return int(text)

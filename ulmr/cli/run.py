@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ulmr.cli.leaderboard import build_and_report
+from ulmr.errors import UlmrError
 from ulmr.cli.options import data_dir_option, profile_overrides, profile_selection_options
 
 
@@ -28,5 +29,7 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
     chosen = load_profile(profile, profile_overrides(methods, benchmarks, seeds, model, set_options))
     click.echo(f"profile {chosen.name}: {chosen.model}, benchmarks {','.join(chosen.benchmarks)}, "
                f"methods {','.join(chosen.methods)}, seeds {','.join(map(str, chosen.seeds))}")
-    run(chosen, results_dir, data_dir=data_dir, backend=backend, echo=click.echo)
+    summary = run(chosen, results_dir, data_dir=data_dir, backend=backend, echo=click.echo)
     build_and_report(results_dir, leaderboard_dir or Path(results_dir) / "leaderboard", label="leaderboard: ")
+    if summary.failure():
+        raise UlmrError(summary.failure())

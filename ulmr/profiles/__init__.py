@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ulmr.errors import UlmrError
+from ulmr.errors import UlmrError, first_line
 
 PROFILE_DIR = Path(__file__).resolve().parent
 PROFILES = tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
@@ -38,6 +38,30 @@ class Profile:
     # per-method config overrides; "all" applies first, to every method whose config has the key;
     # a method's entry also reaches its registered subclasses (ULMR's ablations), see below
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from ulmr.unlearning.config import check_range
+
+        for name, items in (("methods", self.methods), ("benchmarks", self.benchmarks), ("seeds", self.seeds)):
+            if not items:
+                raise UlmrError(f"the profile's {name} list is empty: name at least one (e.g. --{name} ...)")
+            repeated = sorted({item for item in items if items.count(item) > 1}, key=str)
+            if repeated:
+                raise UlmrError(f"{name} lists {repeated[0]!r} twice: name each once")
+        for seed in self.seeds:
+            check_range("seed", seed, 0)
+        check_range("prepare_seed", self.prepare_seed, 0)
+
+    def check_plan(self) -> None:
+        """Everything a run or tuning will use, validated before any model loads: each benchmark's
+        evaluation settings and every method's config on every benchmark and seed."""
+        from ulmr.evaluation import settings_from_plan
+
+        for benchmark in self.benchmarks:
+            settings_from_plan(benchmark, self.plan(benchmark))
+            for method in self.methods:
+                for seed in self.seeds:
+                    self.method_config(method, benchmark, seed)
 
     def plan(self, benchmark: str):
         """The benchmark's section of the profile (its plan_class' defaults when the YAML has none)."""
@@ -99,7 +123,14 @@ def load_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> 
     if not path.is_file():
         raise UlmrError(f"profile file {path} not found: pass a profile name ({', '.join(PROFILES)}) "
                         "or an existing YAML file")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: {getattr(exc, 'problem', '')}" if mark else first_line(exc)
+        raise UlmrError(f"profile file {path} is not valid YAML ({where}): fix it") from exc
+    if not isinstance(raw, dict):
+        raise UlmrError(f"profile file {path} must hold a mapping of profile fields (model, methods, tofu, ...)")
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     return _build(raw, path.stem)

@@ -51,7 +51,10 @@ def build_config(config_class: type, overrides: dict[str, Any] | None = None, wh
     config = config_class(**values)
     validate = getattr(config, "validate", None)
     if validate is not None:
-        validate()
+        try:
+            validate()
+        except UlmrError as exc:  # say where the value came from
+            raise UlmrError(f"{where}: {exc}") from None
     return config
 
 
