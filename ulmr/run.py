@@ -12,7 +12,7 @@ import functools
 import re
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -231,7 +231,10 @@ class BenchmarkRun:
             unlearn_seconds = time.time() - start
             self.say(f"{method} seed {seed}: evaluating")
             evaluable, eval_tokenizer = self.evaluable(outcome.model, tokenizer, method, seed)
-            result = evaluate(evaluable, self.settings, samples_path=path.with_suffix(".samples.jsonl"),
+            settings = self.settings
+            if outcome.system_prompt is not None:  # a method that acts through the prompt (icu)
+                settings = replace(settings, template=replace(settings.template, system_prompt=outcome.system_prompt))
+            result = evaluate(evaluable, settings, samples_path=path.with_suffix(".samples.jsonl"),
                               tokenizer=eval_tokenizer, model_label=self.profile.model)
             if outcome.artifacts:
                 write_json_atomic(path.with_suffix(".artifacts.json"), outcome.artifacts)
