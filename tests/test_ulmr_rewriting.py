@@ -8,8 +8,9 @@ from ulmr.prompts import PromptTemplate, render_prompt, split_pair
 from ulmr.method.generation import TextGenerator
 from ulmr.method.leak import leaks_answer, normalise
 from ulmr.method.negatives import SUBJECT_REFUSALS, negative_responses
+from ulmr.unlearning.subjects import recurring_names
 from ulmr.method.rewriting import (TEMPLATES, RewriteJob, clean_generated, fill, original_instructions,
-                                        recurring_names, rejection, rewrite_questions)
+                                   rejection, rewrite_questions)
 from ulmr.unlearning.interface import Example
 
 AUTHORS = ["Basil Mahfouz Al-Kuwaiti", "Nikolai Abilov"]

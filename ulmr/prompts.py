@@ -22,7 +22,9 @@ class PromptTemplate:
     kind: "chat" renders the question as a user turn with the tokenizer's chat template
         (generation prompt added); "tags" concatenates TOFU-style tags:
         question_start_tag + question + question_end_tag + answer_tag, then the answer.
-    system_prompt: chat only; None keeps the chat template's own default system turn.
+    system_prompt: an instruction before every prompt (e.g. in-context unlearning's). chat: the
+        system turn (None keeps the chat template's own default); tags: a line of its own before
+        the question tags (`prompt_prefix`).
     The defaults of the tags are TOFU's Phi-1.5 format ("Question: {q}\\nAnswer: {a}").
     """
 
@@ -51,15 +53,22 @@ class PromptTemplate:
         if self.kind == "tags":
             opts.update(question_start_tag=self.question_start_tag,
                         question_end_tag=self.question_end_tag, answer_tag=self.answer_tag)
-        elif self.system_prompt is not None:
+        if self.system_prompt is not None:
             opts["system_prompt"] = self.system_prompt
         return opts
+
+
+def prompt_prefix(template: PromptTemplate) -> str:
+    """What a plain-text ("tags") prompt starts with: the system prompt and a newline, or nothing.
+    Chat prompts carry the system prompt in their system turn instead."""
+    return "" if template.system_prompt is None else template.system_prompt + "\n"
 
 
 def render_prompt(tokenizer, template: PromptTemplate, question: str) -> str:
     """The full prompt text that precedes the answer."""
     if template.kind == "tags":
-        return template.question_start_tag + question + template.question_end_tag + template.answer_tag
+        return (prompt_prefix(template) + template.question_start_tag + question + template.question_end_tag
+                + template.answer_tag)
     if not getattr(tokenizer, "chat_template", None):
         raise UlmrError(
             "the tokenizer has no chat template: pass --prompt-template tags (TOFU-style "

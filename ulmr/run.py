@@ -60,7 +60,7 @@ class RunSummary:
 
 def run(profile: Profile, results_dir: str | Path, data_dir: str | None = None, backend: str = "fast",
         echo: Echo = print) -> RunSummary:
-    profile.check_plan()  # every setting of every benchmark, method and seed, before any work
+    check_plan(profile)
     template = PromptTemplate.from_options(profile.template)
     summary = RunSummary()
     started = time.time()
@@ -69,6 +69,16 @@ def run(profile: Profile, results_dir: str | Path, data_dir: str | None = None, 
         runner.run_all()
     echo(f"\nrun finished in {time.time() - started:.0f} s\n{summary.format()}")
     return summary
+
+
+def check_plan(profile: Profile) -> None:
+    """Everything a run or tuning will use, validated before any model loads: each benchmark's
+    evaluation settings and every method's config on every benchmark and seed."""
+    for benchmark in profile.benchmarks:
+        settings_from_plan(benchmark, profile.plan(benchmark))
+        for method in profile.methods:
+            for seed in profile.seeds:
+                profile.method_config(method, benchmark, seed)
 
 
 class BenchmarkRun:
@@ -167,7 +177,11 @@ class BenchmarkRun:
                 unlearn_seconds = time.time() - start
                 self.say(f"{method} seed {seed}: evaluating")
                 evaluable, eval_tokenizer = self.evaluable(outcome.model, tokenizer, method, seed)
-                result = evaluate(evaluable, self.settings, samples_path=path.with_suffix(".samples.jsonl"),
+                settings = self.settings
+                if outcome.system_prompt is not None:  # a method that acts through the prompt (icu)
+                    settings = replace(settings, template=replace(settings.template,
+                                                                  system_prompt=outcome.system_prompt))
+                result = evaluate(evaluable, settings, samples_path=path.with_suffix(".samples.jsonl"),
                                   tokenizer=eval_tokenizer, model_label=self.profile.model)
                 if outcome.artifacts:
                     write_json_atomic(path.with_suffix(".artifacts.json"), outcome.artifacts)

@@ -36,7 +36,7 @@ from ulmr import __version__
 from ulmr.errors import UlmrError
 from ulmr.profiles import Profile
 from ulmr.results import content_key, provenance, read_stored, stored_or_compute, write_json_atomic
-from ulmr.run import file_slug
+from ulmr.run import check_plan, file_slug
 from ulmr.unlearning.interface import Example, UnlearningData
 
 Echo = Callable[[str], None]
@@ -114,7 +114,7 @@ def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None,
     and write no summary files."""
     from ulmr.prompts import PromptTemplate
 
-    profile.check_plan()
+    check_plan(profile)
     for benchmark in profile.benchmarks:  # an unknown grid key fails before any work
         plan = profile.plan(benchmark)
         for method, point in itertools.product(profile.methods, grid_points(plan.tune_grid)):

@@ -287,7 +287,7 @@ def load_docs(subset: str, **options):
 
     from ulmr.data.rwku import load_target_file, resolve_targets
     from ulmr.errors import UlmrError
-    from ulmr.prompts import PromptTemplate, render_prompt
+    from ulmr.prompts import PromptTemplate, prompt_prefix, render_prompt
 
     if subset not in _DOC_BUILDERS and subset != "mia":
         raise UlmrError(f"unknown RWKU subset {subset!r}: choose from {', '.join([*_DOC_BUILDERS, 'mia'])}")
@@ -302,8 +302,9 @@ def load_docs(subset: str, **options):
 
     def user_turn(message: str) -> str:
         # chat: a user turn with the generation prompt; "tags": the message as plain text, since
-        # RWKU's messages carry their own cues
-        return render_prompt(tokenizer, template, message) if template.kind == "chat" else message
+        # RWKU's messages carry their own cues (after the system prompt's line, if there is one)
+        return render_prompt(tokenizer, template, message) if template.kind == "chat" \
+            else prompt_prefix(template) + message
 
     if subset == "mia":
         labelled = zip_longest([("FM", r) for r in rows("forget_mia")], [("RM", r) for r in rows("retain_mia")])

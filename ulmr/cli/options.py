@@ -57,7 +57,9 @@ template_options = compose(
     click.option("--question-start-tag", default=PromptTemplate.question_start_tag, show_default=True),
     click.option("--question-end-tag", default=PromptTemplate.question_end_tag, show_default=True),
     click.option("--answer-tag", default=PromptTemplate.answer_tag, show_default=True),
-    click.option("--system-prompt", default=None, help="Chat only: system turn (default: the template's)."),
+    click.option("--system-prompt", default=None,
+                 help="An instruction before every prompt: chat: the system turn (default: the template's); "
+                      "tags: a line before the question (e.g. the prompt `unlearn --method icu` prints)."),
 )
 
 eval_options = compose(

@@ -60,7 +60,7 @@ def unlearn_command(method, model, benchmark, data_dir, output, config_file, set
     save_checkpoint(result.model, tokenizer, out)
     write_json_atomic(out / "unlearn.json", {
         "schema": UNLEARN_SCHEMA, "model": model, "benchmark": benchmark, "selection": data.name,
-        "template": template.as_options(), **result.record,
+        "template": template.as_options(), **result.record, "system_prompt": result.system_prompt,
         "config": config_to_dict(config), "total_time_s": time.perf_counter() - start,
         "provenance": provenance()})
     if result.artifacts:  # e.g. ULMR's generated training pairs
@@ -69,3 +69,25 @@ def unlearn_command(method, model, benchmark, data_dir, output, config_file, set
     if record.get("losses"):
         click.echo(f"{record['steps']} steps in {record['time_s']:.1f}s, final loss {record['losses'][-1]:.4g}")
     click.echo(f"checkpoint: {out}")
+    if result.system_prompt is not None:  # the method acts through the prompt (icu): evaluate with it
+        command = eval_command_line(out, benchmark, data, data_dir, template, result.system_prompt)
+        click.echo(f"{method} is evaluated with an instruction before every prompt (unlearn.json: "
+                   f"system_prompt):\n  {command}")
+
+
+def eval_command_line(model, benchmark: str, data, data_dir, template, system_prompt: str) -> str:
+    """The `ulmr-bench eval` command that scores `model` with `system_prompt` before every prompt,
+    on the same benchmark, selection and template."""
+    import shlex
+
+    def tag(value: str) -> str:  # the tag options read the two characters \n as a newline
+        return value.replace("\n", "\\n")
+
+    args = ["ulmr-bench", "eval", "--model", str(model), "--benchmark", benchmark,
+            "--split" if benchmark == "tofu" else "--targets", data.name]
+    if data_dir:
+        args += ["--data-dir", str(data_dir)]
+    if template.kind == "tags":
+        args += ["--prompt-template", "tags", "--question-start-tag", tag(template.question_start_tag),
+                 "--question-end-tag", tag(template.question_end_tag), "--answer-tag", tag(template.answer_tag)]
+    return " ".join(shlex.quote(arg) for arg in args + ["--system-prompt", system_prompt])

@@ -27,12 +27,13 @@ from ulmr.method.generation import TextGenerator
 from ulmr.method.leak import DEFAULT_NGRAM
 from ulmr.method.negatives import Pair, negative_responses
 from ulmr.method.rewriting import (ORIGINAL, TEMPLATES, check_template_names, original_instructions,
-                                        recurring_names, rewrite_questions)
+                                   rewrite_questions)
 from ulmr.unlearning.batches import collate, encode_example
 from ulmr.unlearning.config import check_range, config_to_dict
 from ulmr.unlearning.interface import Example, Unlearner, UnlearningResult, UnlearningData
 from ulmr.unlearning.losses import answer_nll, retain_term, token_logprobs
 from ulmr.unlearning.registry import register_method
+from ulmr.unlearning.subjects import recurring_names
 from ulmr.unlearning.training import TrainingConfig, full_state_dict, planned_steps, train
 
 

@@ -16,6 +16,7 @@ from typing import Callable
 from ulmr.errors import UlmrError
 from ulmr.method.leak import leaks_answer, normalise
 from ulmr.unlearning.interface import Example
+from ulmr.unlearning.subjects import QUESTION_OPENERS
 
 ORIGINAL = "original"  # template name recorded for the unrewritten forget questions
 UNNAMED_SUBJECT = "the subject of this question"
@@ -85,10 +86,6 @@ TEMPLATES: dict[str, RewriteTemplate] = {
                "Bitte antworte auf Deutsch: {question}")),
 }
 
-# Sentence openers that are lower-cased when the question follows a lead-in ("I was wondering, what ...").
-_OPENERS = {"what", "who", "whom", "whose", "which", "when", "where", "why", "how", "in", "on", "at", "can",
-            "could", "did", "does", "do", "is", "are", "was", "were", "has", "have", "had", "will", "would",
-            "should", "name", "list", "describe", "tell", "please", "from", "for", "to", "with", "as"}
 # A line that only introduces the answer ("Sure! Here is the rewritten question:") or labels it.
 _LEAD_IN = re.compile(
     r"^(?:(?:sure|okay|ok|certainly|of course|absolutely)\b[!,.]*\s*)?"
@@ -99,11 +96,6 @@ _QUOTES = "\"'“”‘’`*"
 _ASKS = re.compile(r"[?¿]|___|^(?:please|tell|explain|describe|answer|name|list|give|fill|complete|share|provide|"
                    r"imagine|pretend|act as|you are|let's|start|begin|translate|write|say|i wonder|"
                    r"i was wondering|i'd like to know|do you know)\b", re.IGNORECASE)
-_NAME_RUN = re.compile(r"[A-Z][\w'’.-]*(?:\s+[A-Z][\w'’.-]*)+")
-_NAME_END = re.compile(r"(?:['’]s?|\.)$")  # possessive or full stop after a name
-# On TOFU every forget author's name recurs in 8 or more of their 20 questions (all 20 authors of
-# forget10), genres and places in at most 7.
-MIN_NAME_QUESTIONS = 8
 
 
 @dataclass(frozen=True)
@@ -144,23 +136,6 @@ def named_subject(item: Example, subjects: list[str]) -> str | None:
     return next((s for s in candidates if normalise(s) and f" {normalise(s)} " in question), None)
 
 
-def recurring_names(questions: list[str], min_questions: int = MIN_NAME_QUESTIONS) -> list[str]:
-    """Subjects for a task that names none (TOFU has no author field): runs of two or more
-    capitalised words, leading question words removed, that recur in at least `min_questions`
-    questions; most frequent first."""
-    counts = Counter()
-    for question in questions:
-        found = set()
-        for run in _NAME_RUN.findall(question):
-            tokens = run.split()
-            while tokens and tokens[0].lower() in _OPENERS:
-                tokens = tokens[1:]
-            if len(tokens) >= 2:
-                found.add(_NAME_END.sub("", " ".join(tokens)))
-        counts.update(found)
-    return [name for name, n in counts.most_common() if n >= min_questions]
-
-
 def aliases(subject: str) -> list[str]:
     """Ways to name a subject without its full name: initials + surname, surname, spelled out."""
     parts = subject.split()
@@ -173,7 +148,7 @@ def aliases(subject: str) -> list[str]:
 def fill(text: str, job: RewriteJob) -> str:
     question = job.item.question or ""
     first, _, rest = question.partition(" ")
-    question_lc = (first.lower() if first.lower() in _OPENERS else first) + (" " + rest if rest else "")
+    question_lc = (first.lower() if first.lower() in QUESTION_OPENERS else first) + (" " + rest if rest else "")
     alias_question = question
     if job.subject:
         alias = aliases(job.subject)[job.variant % len(aliases(job.subject))]

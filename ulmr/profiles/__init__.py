@@ -52,17 +52,6 @@ class Profile:
             check_range("seed", seed, 0)
         check_range("prepare_seed", self.prepare_seed, 0)
 
-    def check_plan(self) -> None:
-        """Everything a run or tuning will use, validated before any model loads: each benchmark's
-        evaluation settings and every method's config on every benchmark and seed."""
-        from ulmr.evaluation import settings_from_plan
-
-        for benchmark in self.benchmarks:
-            settings_from_plan(benchmark, self.plan(benchmark))
-            for method in self.methods:
-                for seed in self.seeds:
-                    self.method_config(method, benchmark, seed)
-
     def plan(self, benchmark: str):
         """The benchmark's section of the profile (its plan_class' defaults when the YAML has none)."""
         from ulmr.benchmarks.registry import get_benchmark

@@ -49,11 +49,18 @@ class UnlearningData:
 
 @dataclass
 class UnlearningResult:
-    """The unlearned model (in memory) and a JSON-able record of what was done."""
+    """The unlearned model (in memory) and a JSON-able record of what was done.
+
+    system_prompt: set by methods that act through the prompt rather than (only) the weights, e.g.
+        in-context unlearning: the model must be evaluated with this instruction before every
+        prompt (the template's `system_prompt`: chat system turn, or a line before a tags prompt).
+        None: evaluate with the benchmark's template as it is.
+    """
 
     model: Any
     record: dict[str, Any]
     artifacts: dict[str, Any] = field(default_factory=dict)  # e.g. ULMR's generated pairs
+    system_prompt: str | None = None
 
 
 class Unlearner(abc.ABC):

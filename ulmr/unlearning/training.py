@@ -21,7 +21,7 @@ import functools
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Iterable, Literal
 
 import torch
 
@@ -136,7 +136,8 @@ class TrainingRecord:
 def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, loss_fn: LossFn,
           forget: dict[str, list[Example]], retain: list[Example] | None = None, *,
           reference: bool = False, on_step: Callable[[int, Any], None] | None = None,
-          desc: str = "training"):
+          desc: str = "training",
+          trainable_parameters: Callable[[Any], Iterable[torch.nn.Parameter]] | None = None):
     """Train `model` on `loss_fn` and return (trained model, TrainingRecord).
 
     forget: named, aligned example lists (same length), batched together index by index; one pass
@@ -146,6 +147,9 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
         else loss_fn gets None.
     on_step(step, model): called on every process after each optimizer step (e.g. to snapshot
         `full_state_dict(model)` for trajectory averaging); under LoRA `model` is the PEFT model.
+    trainable_parameters(model): the parameters to train (default: all that require gradients, the LoRA
+        adapters under lora=True); the others stay bit-identical, and their requires_grad comes
+        back as it was when training ends.
 
     The returned model is the input model trained in place (fp32 weights), or with lora=True the
     same model with the adapters merged in. Raises TrainingDiverged on a NaN/inf loss or gradient.
@@ -174,6 +178,7 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     if config.lora:
         model = _with_lora(model, config)
     model.train()
+    frozen_here = _restrict_training(model, trainable_parameters)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         # Decay matrices only, as the transformers Trainer does (no decay of biases and norms).
@@ -232,6 +237,8 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     bar.close()
 
     tokens = int(accelerator.reduce(torch.tensor(tokens, device=device), "sum"))
+    for p in frozen_here:
+        p.requires_grad_(True)
     model = accelerator.unwrap_model(model)
     if config.lora:
         model = model.merge_and_unload()
@@ -287,19 +294,32 @@ class LossUnlearner(Unlearner):
         forget corpus as "forget")."""
         return {"forget": data.forget}
 
+    def retain_examples(self, data: UnlearningData) -> list[Example] | None:
+        """The retain side, or None when the method has no retain term (default: the data's retain
+        items when retain_weight > 0)."""
+        if self.config.retain_weight == 0:
+            return None
+        if not data.retain:
+            raise UlmrError(f"{self.name}: retain_weight={self.config.retain_weight} but {data.benchmark} "
+                            f"{data.name} has no retain items: set retain_weight=0")
+        return data.retain
+
+    def trainable_parameters(self, model) -> Iterable[torch.nn.Parameter]:
+        """The parameters this method trains (default: all that require gradients); the loop keeps
+        every other one bit-identical."""
+        return [p for p in model.parameters() if p.requires_grad]
+
     @abc.abstractmethod
     def compute_loss(self, model, batch: Batch, reference) -> torch.Tensor | dict[str, torch.Tensor]:
         """The loss to minimise on one micro-batch, or a dict of named terms to sum."""
 
     def unlearn(self, model, tokenizer, data: UnlearningData) -> UnlearningResult:
         config = self.config
-        retain = data.retain if config.retain_weight > 0 else None
-        if retain is not None and not retain:
-            raise UlmrError(f"{self.name}: retain_weight={config.retain_weight} but {data.benchmark} {data.name} has no "
-                            "retain items: set retain_weight=0")
+        retain = self.retain_examples(data)
         reference = self.needs_reference or (retain is not None and config.retain_loss == "kl")
         model, record = train(model, tokenizer, data.template, config, self.compute_loss,
-                              self.forget_parts(data), retain, reference=reference, desc=self.name)
+                              self.forget_parts(data), retain, reference=reference, desc=self.name,
+                              trainable_parameters=self.trainable_parameters)
         return UnlearningResult(model, {"method": self.name, "selection": data.name,
                                         "config": config_to_dict(config), **record.as_dict()})
 
@@ -311,6 +331,20 @@ def _check_parts(forget: dict[str, list[Example]]) -> None:
                         "check the data's forget examples")
     if "retain" in forget:
         raise UlmrError("'retain' is reserved for the retain examples: name the forget part differently")
+
+
+def _restrict_training(model, trainable_parameters) -> list[torch.nn.Parameter]:
+    """Leave gradients on only the parameters `trainable_parameters(model)` names; return those
+    turned off."""
+    if trainable_parameters is None:
+        return []
+    chosen = {id(p) for p in trainable_parameters(model)}
+    if not chosen:
+        raise UlmrError("the method chose no parameters to train: check its layer/parameter settings")
+    turned_off = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
+    for p in turned_off:
+        p.requires_grad_(False)
+    return turned_off
 
 
 def _frozen_copy(model):
