@@ -43,3 +43,27 @@ def tiny(tiny_path):
     from ulmr.models import load_model
 
     return load_model(tiny_path, dtype="fp32", device="cpu")
+
+
+def data_copy_with(data_dir: Path, root: Path, relative: str, content: bytes) -> Path:
+    """`root` laid out as `data_dir` (everything symlinked) except the file `relative`, which holds
+    `content`: a data directory with one file corrupted, the shared data untouched."""
+    root.mkdir(parents=True, exist_ok=True)
+    source, target = data_dir, root
+    for part in Path(relative).parts[:-1]:
+        for entry in source.iterdir():
+            if entry.name != part and not (target / entry.name).exists():
+                (target / entry.name).symlink_to(entry)
+        source, target = source / part, target / part
+        target.mkdir(exist_ok=True)
+    for entry in source.iterdir():
+        if entry.name != Path(relative).name and not (target / entry.name).exists():
+            (target / entry.name).symlink_to(entry)
+    (target / Path(relative).name).write_bytes(content)
+    return root
+
+
+@pytest.fixture()
+def corrupt_data(data_dir, tmp_path):
+    """corrupt_data("tofu/forget01.json", b"...") -> a data directory with that one file replaced."""
+    return lambda relative, content: data_copy_with(data_dir, tmp_path / "data", relative, content)
