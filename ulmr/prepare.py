@@ -12,7 +12,6 @@ loads it instead of training again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
+from ulmr.storage import weights_fingerprint as _weights_fingerprint
 from ulmr.unlearning.interface import Example
 
 PREPARE_VERSION = 2  # bump when the recipe code changes what a cached checkpoint contains
@@ -152,20 +152,6 @@ def _fine_tuned(base: str, template: PromptTemplate, examples: list[Example], re
                "recipe": config_to_dict(config), "training": record.as_dict()}
     write_json_atomic(record_path, summary)  # written last: its presence marks a complete cache entry
     return PreparedModel(str(out), summary)
-
-
-def _weights_fingerprint(model_path: str) -> str:
-    """Hash of a checkpoint folder's config and weight files (a hub id is hashed by name)."""
-    folder = Path(model_path)
-    if not folder.is_dir():
-        return model_path
-    digest = hashlib.sha256()
-    for file in sorted(folder.glob("*.json")) + sorted(folder.glob("*.safetensors")):
-        digest.update(file.name.encode())
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _blank_target(sentence: str, target_name: str) -> tuple[str, str] | None:

@@ -24,6 +24,7 @@ One JSON file per (model, benchmark, selection, method, seed), schema "ulmr-benc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 RESULT_SCHEMA = "ulmr-bench/result/v1"
 
@@ -53,26 +54,47 @@ def read_stored(path: str | Path, key: str) -> dict[str, Any] | None:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write to a uniquely named temporary file beside `path`, then rename: readers never see half a
+    file, and concurrent writers never share a temporary file."""
+    with atomic_writer(path) as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | Path, mode: str = "w", encoding: str = "utf-8",
+                  newline: str | None = None) -> Iterator[IO]:
+    """`with atomic_writer(path) as f: f.write(...)`: `f` is a uniquely named temporary file beside
+    `path` (".<name>.<random>.tmp", so concurrent writers of one path never collide) that replaces
+    `path` when the block ends without an exception; on an exception it is removed and `path` is
+    left as it was. mode "w" (text) or "wb"; the file gets the umask's permissions, not mkstemp's
+    owner-only ones."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_writer writes whole files: mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; results are for sharing
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding, "newline": newline})) as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~_umask())  # results are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without changing it where /proc allows (os.umask to read it sets it
+    for a moment, which races other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def git_revision() -> str | None:
