@@ -167,7 +167,15 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     from ulmr.hardware import peak_rss_bytes, resolve_dtype
 
     config.validate()
-    accelerator = Accelerator()
+    launched = launched_processes()
+    # Without cpu=True accelerate makes N processes on a machine without GPUs N independent
+    # single-process runs (each its own "main" process). A state the caller set up first wins.
+    accelerator = Accelerator(cpu=launched > 1 and not torch.cuda.is_available())
+    if accelerator.num_processes != launched:
+        raise UlmrError(
+            f"{launched} processes were launched but accelerate set up {accelerator.num_processes} per run, so each "
+            "would train alone on all the data and write the same output: on a machine without GPUs create the "
+            "Accelerator with cpu=True (ulmr-bench unlearn --device cpu) before training")
     device = accelerator.device
     set_seed(config.seed)
     _check_parts(forget)
@@ -284,6 +292,14 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
         forget_items_per_process=[len(shard) for shard in shards],
         forget_items_shared=sum(1 for count in owners.values() if count > 1))
     return model.eval(), record
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun/accelerate launch: WORLD_SIZE; mpirun: its
+    own variables), read as accelerate reads them; 1 without a launcher."""
+    from accelerate.utils import get_int_from_env
+
+    return max(1, get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1))
 
 
 def planned_steps(config: TrainingConfig, n_items: int, num_processes: int = 1) -> int:
