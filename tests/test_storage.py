@@ -94,7 +94,8 @@ def test_a_read_only_file_system_is_a_one_line_error(tmp_path):
                            f"{sys.executable} {script}"], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         pytest.skip(f"no read-only mount available here: {proc.stderr.strip()[:100]}")
-    assert proc.stdout.strip() == f"folder {mount}/x is not writable (read-only file system): pass a folder you can write to"
+    assert proc.stdout.strip() == (f"folder {mount}/x is not writable (read-only file system): "
+                                   "pass a folder you can write to")
 
 
 def test_other_os_errors_keep_their_reason(tmp_path, monkeypatch):

@@ -96,7 +96,9 @@ def save_checkpoint(model, tokenizer, out: Path) -> None:
     if bad is not None:
         raise UlmrError(f"refusing to save {out}: weight {bad} holds NaN or infinite values (training "
                         "diverged); nothing was written: lower lr or the number of steps and rerun")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from ulmr.storage import check_writable
+
+    check_writable(out.parent, what="checkpoint folder")  # one line, not an OSError's traceback
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     old = None
     try:

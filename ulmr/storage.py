@@ -197,8 +197,9 @@ def wait_claim(result: str | os.PathLike, timeout: float | None = None, poll_s: 
             return Claim(result, fd, held=True)
         if time.monotonic() >= deadline:
             holder = claim_holder(result)
-            raise UlmrError(f"{result} is still being produced by {f'process {holder}' if holder else 'another process'} "
-                            f"after {timeout:g}s: wait for it to finish, or stop it")
+            who = f"process {holder}" if holder else "another process"
+            raise UlmrError(f"{result} is still being produced by {who} after {timeout:g}s: "
+                            "wait for it to finish, or stop it")
         time.sleep(poll_s)
 
 

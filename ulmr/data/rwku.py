@@ -95,7 +95,8 @@ def all_targets(data_dir: str | os.PathLike | None = None) -> list[Target]:
         rows = list(csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter="\t",
                                    quoting=csv.QUOTE_NONE))
     except csv.Error as exc:
-        raise UlmrError(f"{path} is not a tab-separated table ({first_line(exc, 80)}): fix or restore the file") from None
+        raise UlmrError(f"{path} is not a tab-separated table ({first_line(exc, 80)}): "
+                        "fix or restore the file") from None
     targets = []
     for line, row in enumerate(rows, start=2):
         try:

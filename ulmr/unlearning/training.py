@@ -106,6 +106,7 @@ class TrainingConfig:
         check_range("warmup_ratio", self.warmup_ratio, 0, 1)
         check_range("weight_decay", self.weight_decay, 0)
         check_range("max_grad_norm", self.max_grad_norm, 0)
+        check_range("seed", self.seed, 0, 2**32 - 1)  # numpy's seed range (accelerate's set_seed seeds it)
         check_range("lora_r", self.lora_r, 1)
         check_range("lora_alpha", self.lora_alpha, 0, low_open=True)
         check_range("lora_dropout", self.lora_dropout, 0, 1)
@@ -220,53 +221,56 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     tokens = 0
     bar = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_main_process)  # shown in logs too
     start = time.perf_counter()
-    for step in range(1, total_steps + 1):
-        step_terms: dict[str, float] = {}
-        diverged: TrainingDiverged | None = None
-        for micro in range(config.grad_accum):
-            batch = {name: {k: v.to(device) for k, v in part.items()} for name, part in next(stream).items()}
-            tokens += sum(int(part["attention_mask"].sum()) for part in batch.values())
-            # Gradients are all-reduced across processes only on the last micro-batch of a step.
-            last = micro == config.grad_accum - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                with autocast:
-                    terms = _as_terms(loss_fn(model, batch, frozen))
-                    loss = sum(terms.values())
-                if diverged is None and not torch.isfinite(loss):
-                    diverged = _diverged(f"the loss is {loss.item()}", step, total_steps, config, terms)
-                if diverged is not None and not parallel:
-                    raise diverged
-                # Several processes: every one finishes the step's collectives, then all stop together.
-                accelerator.backward(loss / config.grad_accum)
-            for name, value in terms.items():
-                step_terms[name] = step_terms.get(name, 0.0) + value.item() / config.grad_accum
-        if parallel:
-            _agree(accelerator, diverged, "the loss", step, total_steps, config)
-        # The norm is measured even without clipping (max_norm=inf scales by 1): a NaN/inf gradient
-        # must never reach the weights.
-        norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
-        if norm is not None and not torch.isfinite(torch.as_tensor(norm)):  # the same on every process
-            raise _diverged(f"the gradient norm is {float(norm)}", step, total_steps, config, {})
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        weight_norm = _weights_norm(trainable)
-        bad_weights = None if math.isfinite(weight_norm) else _diverged(
-            f"the weights are no longer finite after the optimizer step (norm {weight_norm})", step, total_steps, config, {})
-        if parallel:  # weights may be sharded (FSDP): agree before anyone stops
-            _agree(accelerator, bad_weights, "the weights", step, total_steps, config)
-        elif bad_weights is not None:
-            raise bad_weights
+    try:
+        for step in range(1, total_steps + 1):
+            step_terms: dict[str, float] = {}
+            diverged: TrainingDiverged | None = None
+            for micro in range(config.grad_accum):
+                batch = {name: {k: v.to(device) for k, v in part.items()} for name, part in next(stream).items()}
+                tokens += sum(int(part["attention_mask"].sum()) for part in batch.values())
+                # Gradients are all-reduced across processes only on the last micro-batch of a step.
+                last = micro == config.grad_accum - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    with autocast:
+                        terms = _as_terms(loss_fn(model, batch, frozen))
+                        loss = sum(terms.values())
+                    if diverged is None and not torch.isfinite(loss):
+                        diverged = _diverged(f"the loss is {loss.item()}", step, total_steps, config, terms)
+                    if diverged is not None and not parallel:
+                        raise diverged
+                    # Several processes: every one finishes the step's collectives, then all stop together.
+                    accelerator.backward(loss / config.grad_accum)
+                for name, value in terms.items():
+                    step_terms[name] = step_terms.get(name, 0.0) + value.item() / config.grad_accum
+            if parallel:
+                _agree(accelerator, diverged, "the loss", step, total_steps, config)
+            # The norm is measured even without clipping (max_norm=inf scales by 1): a NaN/inf gradient
+            # must never reach the weights.
+            norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or math.inf)
+            if norm is not None and not torch.isfinite(torch.as_tensor(norm)):  # the same on every process
+                raise _diverged(f"the gradient norm is {float(norm)}", step, total_steps, config, {})
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            weight_norm = _weights_norm(trainable)
+            bad_weights = None if math.isfinite(weight_norm) else _diverged(
+                f"the weights are no longer finite after the optimizer step (norm {weight_norm})",
+                step, total_steps, config, {})
+            if parallel:  # weights may be sharded (FSDP): agree before anyone stops
+                _agree(accelerator, bad_weights, "the weights", step, total_steps, config)
+            elif bad_weights is not None:
+                raise bad_weights
 
-        losses.append(sum(step_terms.values()))
-        for name, value in step_terms.items():
-            loss_terms.setdefault(name, []).append(value)
-        bar.set_postfix({name: f"{value:.4g}" for name, value in step_terms.items()}, refresh=False)
-        bar.update()
-        if on_step is not None:
-            on_step(step, accelerator.unwrap_model(model))
+            losses.append(sum(step_terms.values()))
+            for name, value in step_terms.items():
+                loss_terms.setdefault(name, []).append(value)
+            bar.set_postfix({name: f"{value:.4g}" for name, value in step_terms.items()}, refresh=False)
+            bar.update()
+            if on_step is not None:
+                on_step(step, accelerator.unwrap_model(model))
+    finally:
+        bar.close()  # ends the progress line, so an error message starts a line of its own
     elapsed = time.perf_counter() - start
-    bar.close()
 
     tokens = int(accelerator.reduce(torch.tensor(tokens, device=device), "sum"))
     shards = [sorted(set(drawn))]
