@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch  # noqa: F401
+from transformers.utils import logging as hf_logging
+
+# torch and transformers bind their log StreamHandlers to sys.stderr when first configured. Do it
+# here, at collection, and not first inside a capsys test (in-process CLI tests): capsys closes its
+# stream after the test, and every later log line would print "--- Logging error ---".
+hf_logging.get_logger("transformers")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ULMR_DATA_DIR", REPO.parent / "shared" / "data"))
