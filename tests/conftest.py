@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch  # noqa: F401
+from transformers.utils import logging as hf_logging
+
+# torch and transformers bind their log StreamHandlers to sys.stderr when first configured. Do it
+# here, at collection, and not first inside a capsys test (in-process CLI tests): capsys closes its
+# stream after the test, and every later log line would print "--- Logging error ---".
+hf_logging.get_logger("transformers")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ULMR_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -43,3 +50,27 @@ def tiny(tiny_path):
     from ulmr.models import load_model
 
     return load_model(tiny_path, dtype="fp32", device="cpu")
+
+
+def data_copy_with(data_dir: Path, root: Path, relative: str, content: bytes) -> Path:
+    """`root` laid out as `data_dir` (everything symlinked) except the file `relative`, which holds
+    `content`: a data directory with one file corrupted, the shared data untouched."""
+    root.mkdir(parents=True, exist_ok=True)
+    source, target = data_dir, root
+    for part in Path(relative).parts[:-1]:
+        for entry in source.iterdir():
+            if entry.name != part and not (target / entry.name).exists():
+                (target / entry.name).symlink_to(entry)
+        source, target = source / part, target / part
+        target.mkdir(exist_ok=True)
+    for entry in source.iterdir():
+        if entry.name != Path(relative).name and not (target / entry.name).exists():
+            (target / entry.name).symlink_to(entry)
+    (target / Path(relative).name).write_bytes(content)
+    return root
+
+
+@pytest.fixture()
+def corrupt_data(data_dir, tmp_path):
+    """corrupt_data("tofu/forget01.json", b"...") -> a data directory with that one file replaced."""
+    return lambda relative, content: data_copy_with(data_dir, tmp_path / "data", relative, content)

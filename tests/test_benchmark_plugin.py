@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from ulmr.run import model_folder
 from ulmr.benchmarks.registry import (LOWER, Axis, Benchmark, BenchmarkPlan, available_benchmarks, register_benchmark,
                                       unregister_benchmark)
 from ulmr.cli import main
@@ -60,9 +61,20 @@ class FewQuestions(Benchmark):
 
 @pytest.fixture()
 def registered():
+    """The test benchmark, registered as an installed plugin would be: before the CLI builds its
+    commands (their selection options come from the registry), so those are built again around it."""
+    import importlib
+
+    import ulmr.cli.eval
+    import ulmr.cli.unlearn
+
     register_benchmark(FewQuestions)
+    for module in (ulmr.cli.eval, ulmr.cli.unlearn):
+        importlib.reload(module)
     yield
     unregister_benchmark(FewQuestions.name)
+    for module in (ulmr.cli.eval, ulmr.cli.unlearn):
+        importlib.reload(module)
 
 
 def test_a_registered_benchmark_runs_end_to_end_through_the_cli(registered, tmp_path, data_dir, monkeypatch, capsys):
@@ -72,7 +84,7 @@ def test_a_registered_benchmark_runs_end_to_end_through_the_cli(registered, tmp_
     main(["run", "--profile", "smoke", "--benchmarks", "few-questions", "--methods", "ga", "--data-dir",
           str(data_dir), "--results-dir", str(results), "--set", "few-questions.questions=3",
           "--set", "few-questions.eval.limit=2"])
-    folder = results / "tiny-random" / "few-questions-3"
+    folder = results / model_folder("tiny-random") / "few-questions-3"
     ga = json.loads((folder / "ga-seed0.json").read_text())
     assert ga["status"] == "ok" and ga["benchmark"] == "few-questions" and ga["selection"] == "3"
     assert 0 <= ga["metrics"]["forget_rouge"] <= 1 and ga["unlearning"]["steps"] == 2

@@ -1,5 +1,6 @@
 """Data and model access: local data equals the hub path, bad data and bad models fail in one line."""
 
+import gzip
 import json
 
 import pytest
@@ -117,3 +118,29 @@ def test_tiny_model_is_seeded_and_identical_across_builds(tiny):
     for (name, a), (_, b) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
         assert (a == b).all(), name
     assert tokenizer.decode(tokenizer.encode("Héllo, world!")) == "Héllo, world!"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("forget01.json", bytes(range(256)) * 4, r"forget01.json is not UTF-8 text \(bad byte at offset 128\): restore it"),
+    ("forget01.json", b'{"question": "q?", "answer": "a"}\n{"question": "q?", "answer": \n',
+     r"forget01.json is not valid JSON \(line 2\): restore it"),
+    ("forget01.json", b'[{"question": "q?", "answer": "a"},\n {"question": ]', r"forget01.json is not valid JSON \(line 2\)"),
+    ("forget01.json", gzip.compress(b'[{"question": "q?", "answer": "a"}]'),
+     r"forget01.json is not UTF-8 text .*it looks gzip-compressed: rename it forget01.json.gz"),
+    ("forget01.json", b"\xef\xbb\xbf" + json.dumps([{"question": "q?", "answer": "a"}]).encode(), None),  # a BOM is fine
+])
+def test_undecodable_tofu_files_are_one_line_errors_naming_the_file(corrupt_data, name, content, message):
+    root = corrupt_data(f"tofu/{name}", content)
+    if message is None:
+        assert load_tofu("forget01", root) == [{"question": "q?", "answer": "a"}]
+        return
+    with pytest.raises(UlmrError, match=message) as err:
+        load_tofu("forget01", root)
+    assert str(root / "tofu" / name) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_undecodable_refusal_bank_is_a_one_line_error(corrupt_data):
+    root = corrupt_data("tofu/idontknow.jsonl", b"I don't know.\n\xff\xfe\n")
+    with pytest.raises(UlmrError, match=r"idontknow.jsonl is not UTF-8 text") as err:
+        load_idontknow(root)
+    assert "\n" not in str(err.value)

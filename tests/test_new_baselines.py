@@ -16,6 +16,7 @@ from baselines.icu import ICU, UNNAMED_SUBJECTS, icu_prompt
 from baselines.rmu import RMU, RMUConfig, decoder_layers, layer_output, masked_mse, steering_vector
 from baselines.simnpo import SimNPO, simnpo_loss
 from baselines.undial import undial_loss
+from ulmr.run import model_folder
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate, render_prompt
 from ulmr.unlearning.batches import IGNORE_INDEX, collate, encode_example
@@ -289,7 +290,7 @@ def test_icu_is_evaluated_with_its_prompt_in_a_run(tmp_path, tiny_path, data_dir
     profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["icu"]})
     summary = run_module.run(profile, tmp_path, data_dir=str(data_dir), echo=lambda line: None)
     assert [(r["method"], r["status"]) for r in summary.rows] == [("icu", "ok")]
-    folder = tmp_path / "tiny-random" / "tofu-forget01"
+    folder = tmp_path / model_folder("tiny-random") / "tofu-forget01"
     result = json.loads((folder / "icu-seed0.json").read_text())
     prompt = result["unlearning"]["system_prompt"]
     assert result["unlearning"]["weights_changed"] is False and "Nikolai Abilov" in prompt

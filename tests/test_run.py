@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from ulmr.run import model_folder
 from ulmr.benchmarks.registry import Preparation
 from ulmr.cli import main
 from ulmr.profiles import load_profile
@@ -51,7 +52,7 @@ def test_smoke_run_records_failures_resumes_and_survives_interrupts(tmp_path, da
     summary = run(_smoke(["ga", "test-raises"]), results, data_dir=str(data_dir), echo=lines.append)
     status = {(r["method"], r["status"]) for r in summary.rows}
     assert status == {("before", "ok"), ("retain", "ok"), ("ga", "ok"), ("test-raises", "failed")}
-    folder = results / "tiny-random" / "tofu-forget01"
+    folder = results / model_folder("tiny-random") / "tofu-forget01"
     failed = json.loads((folder / "test-raises-seed0.json").read_text())
     assert failed["status"] == "failed" and failed["error"] == "RuntimeError: engineered failure"
     ga = json.loads((folder / "ga-seed0.json").read_text())
@@ -177,11 +178,11 @@ def test_gate_stops_a_run_whose_target_did_not_learn_and_stores_the_base_row(tmp
     for attempt in range(2):
         with pytest.raises(UlmrError, match=r"the target model does not know its forget set .* gate needs \+2.0"):
             run(profile, tmp_path / "results", data_dir=str(data_dir), echo=lines.append)
-    base = json.loads((tmp_path / "results" / "tiny-random" / "tofu-forget01" / "base-seed0.json").read_text())
+    base = json.loads((tmp_path / "results" / model_folder("tiny-random") / "tofu-forget01" / "base-seed0.json").read_text())
     assert base["method"] == "base" and base["eval"]["tasks"] == ["tofu_forget01_forget_rouge"]
     assert "forget_rougeL_recall" in base["metrics"]
     assert sum("base: stored result found" in line for line in lines) == 1  # the rerun did not re-evaluate it
-    assert not (tmp_path / "results" / "tiny-random" / "tofu-forget01" / "ga-seed0.json").exists()
+    assert not (tmp_path / "results" / model_folder("tiny-random") / "tofu-forget01" / "ga-seed0.json").exists()
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -196,9 +197,9 @@ def test_rwku_gate_stops_a_run_without_knowledge_of_the_targets(tmp_path, data_d
                                      **overrides})
     with pytest.raises(UlmrError, match=message):
         run(profile, tmp_path / "results", data_dir=str(data_dir), echo=lambda line: None)
-    before = json.loads((tmp_path / "results" / "tiny-random" / "rwku-1" / "before-seed0.json").read_text())
+    before = json.loads((tmp_path / "results" / model_folder("tiny-random") / "rwku-1" / "before-seed0.json").read_text())
     assert before["preparation"]["injected"] is overrides["rwku.inject"]
-    assert not (tmp_path / "results" / "tiny-random" / "rwku-1" / "ga-seed0.json").exists()
+    assert not (tmp_path / "results" / model_folder("tiny-random") / "rwku-1" / "ga-seed0.json").exists()
 
 
 def test_runs_go_seed_by_seed_so_a_stopped_run_leaves_whole_rounds(tmp_path, monkeypatch):
@@ -207,7 +208,71 @@ def test_runs_go_seed_by_seed_so_a_stopped_run_leaves_whole_rounds(tmp_path, mon
     order = []
     monkeypatch.setattr(run_module.BenchmarkRun, "prepare", lambda self: Preparation(None, None))
     monkeypatch.setattr(run_module.BenchmarkRun, "run_method",
-                        lambda self, method, seed, before: order.append((method, seed)))
+                        lambda self, method, seed, before, wait: order.append((method, seed)) or True)
     profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["ga", "npo"], "seeds": [0, 1]})
     run(profile, tmp_path, echo=lambda message: None)
     assert order == [("ga", 0), ("npo", 0), ("ga", 1), ("npo", 1)]
+
+
+def test_a_row_another_run_is_producing_is_done_last_and_waited_for(tmp_path, monkeypatch):
+    """Two runs on one results directory: a row the other run holds is put off, not duplicated;
+    after the rest this run waits for it (and then reuses what the other stored)."""
+    from ulmr import run as run_module
+
+    calls = []
+
+    def run_method(self, method, seed, before, wait):
+        calls.append((method, seed, wait))
+        return wait or (method, seed) != ("ga", 0)  # ("ga", 0) is held by another run
+
+    monkeypatch.setattr(run_module.BenchmarkRun, "prepare", lambda self: Preparation(None, None))
+    monkeypatch.setattr(run_module.BenchmarkRun, "run_method", run_method)
+    profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["ga", "npo"], "seeds": [0, 1]})
+    run(profile, tmp_path, echo=lambda message: None)
+    assert calls == [("ga", 0, False), ("npo", 0, False), ("ga", 1, False), ("npo", 1, False), ("ga", 0, True)]
+
+
+def test_a_stored_item_held_by_another_process_is_not_recomputed(tmp_path):
+    """stored_or_compute under a claim another process holds: wait=False hands the item back."""
+    import multiprocessing
+
+    from ulmr.results import stored_or_compute
+
+    path = tmp_path / "item.json"
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+
+    def hold():
+        from ulmr.storage import claim
+
+        with claim(path):
+            ready.set()
+            release.wait(30)
+
+    holder = multiprocessing.get_context("fork").Process(target=hold)
+    holder.start()
+    try:
+        assert ready.wait(30)
+        assert stored_or_compute(path, "k", lambda: {"status": "ok"}, wait=False) is None
+        assert not path.exists()
+    finally:
+        release.set()
+        holder.join(30)
+    assert stored_or_compute(path, "k", lambda: {"status": "ok"})[1] is False  # now computed here
+    assert stored_or_compute(path, "k", lambda: {"status": "bad"})[0]["status"] == "ok"  # and reused
+
+
+def test_models_whose_folders_share_a_name_get_separate_results(tmp_path, tiny_path):
+    """Results are kept apart by what a model is, not by its folder's last name."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    first, second, same = tmp_path / "a" / "ckpt", tmp_path / "b" / "ckpt", tmp_path / "c" / "ckpt"
+    for folder in (first, second, same):
+        shutil.copytree(tiny_path, folder)
+    weights = load_file(second / "model.safetensors")
+    weights = {name: tensor + 1 if tensor.is_floating_point() else tensor for name, tensor in weights.items()}
+    save_file(weights, second / "model.safetensors", metadata={"format": "pt"})
+    assert model_folder(str(first)) != model_folder(str(second))
+    assert model_folder(str(first)) == model_folder(str(same))  # the same weights: the same entry
+    assert model_folder(str(first)).startswith("ckpt-")

@@ -169,3 +169,44 @@ def test_hub_rows_equal_local_rows(data_dir, monkeypatch):
         assert load_target_file(king, "forget_level2") == local
     finally:
         rwku._hub_config.cache_clear()
+
+
+KING = "rwku/Target/1_Stephen_King"
+
+
+def _damaged(data_dir, name, how):
+    data = (data_dir / KING / name).read_bytes()
+    if how == "truncated":
+        return data[: len(data) // 2]
+    if how == "flipped":  # deflate data corrupted in the middle
+        middle = len(data) // 2
+        return data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64]) + data[middle + 64:]
+    return bytes(range(256)) * 8  # random bytes with a .gz name
+
+
+@pytest.mark.parametrize("how, message", [
+    ("truncated", r"forget_level1.json.gz is truncated \(its gzip stream ends early\): restore it"),
+    ("flipped", r"forget_level1.json.gz is (corrupt|not gzip data)"),
+    ("noise", r"forget_level1.json.gz is not gzip data despite its .gz name"),
+])
+def test_damaged_gzip_files_are_one_line_errors_naming_the_file(data_dir, corrupt_data, how, message):
+    root = corrupt_data(f"{KING}/forget_level1.json.gz", _damaged(data_dir, "forget_level1.json.gz", how))
+    (king,) = resolve_targets("1", root)
+    with pytest.raises(UlmrError, match=message) as err:
+        load_target_file(king, "forget_level1", root)
+    assert str(root / KING / "forget_level1.json.gz") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_malformed_json_line_inside_a_gzip_names_file_and_line(corrupt_data):
+    rows = json.dumps(PROBE) + "\n" + json.dumps(PROBE)[:-5] + "\n"
+    root = corrupt_data(f"{KING}/forget_level1.json.gz", gzip.compress(rows.encode()))
+    (king,) = resolve_targets("1", root)
+    with pytest.raises(UlmrError, match=r"forget_level1.json.gz is not valid JSON \(line 2\)"):
+        load_target_file(king, "forget_level1", root)
+
+
+def test_undecodable_targets_table_is_a_one_line_error(corrupt_data):
+    root = corrupt_data("rwku/targets.tsv", b"idx\tdir\ttarget\tintro\n1\t1_X\t\xff\xfe\tx\n")
+    with pytest.raises(UlmrError, match=r"targets.tsv is not UTF-8 text") as err:
+        resolve_targets("1", root)
+    assert "\n" not in str(err.value)

@@ -186,6 +186,103 @@ def test_huge_learning_rate_diverges_and_is_caught(tiny):
         train(model, tokenizer, TEMPLATE, config, lambda m, b, r: -nll_loss(m, b, r), {"forget": FORGET})
 
 
+def test_weights_that_overflow_in_the_last_step_are_caught(tiny):
+    # AdamW's decoupled decay multiplies every weight by 1 - lr * weight_decay (here about -1e40):
+    # the loss and the gradient of step 1 are finite, the weights after it are not, and no forward
+    # pass follows the last step to notice.
+    model, tokenizer = tiny
+    config = TrainingConfig(**{**FAST, "lr": 1e20, "weight_decay": 1e20, "max_steps": 1})
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at step 1/1: the weights are no longer finite"):
+        train(model, tokenizer, TEMPLATE, config, nll_loss, {"forget": FORGET})
+
+
+def test_nan_gradient_is_caught_without_clipping(tiny):
+    # sqrt at 0: a finite loss (the term is 0) whose gradient is 0 * inf = NaN.
+    model, tokenizer = tiny
+
+    def loss(m, batch, reference):
+        return nll_loss(m, batch, reference) + (m.lm_head.weight[0, 0] * 0).sqrt()
+
+    config = TrainingConfig(**{**FAST, "max_grad_norm": 0.0})
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at step 1/3: the gradient norm is nan"):
+        train(model, tokenizer, TEMPLATE, config, loss, {"forget": FORGET})
+
+
+def test_the_record_counts_the_forget_items_each_process_drew(tiny):
+    model, tokenizer = tiny
+    _, record = train(model, tokenizer, TEMPLATE, TrainingConfig(**{**FAST, "max_steps": 2}), nll_loss,
+                      {"forget": FORGET})
+    assert record.forget_items_per_process == [4] and record.forget_items_shared == 0
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "nan", "1e999"])
+def test_non_finite_settings_are_one_line_range_errors(value):
+    from ulmr.unlearning.config import build_config, parse_set_options
+
+    with pytest.raises(UlmrError, match=r"^ga config: lr=-?(inf|nan) is out of range: it must be a finite number in \(0, inf\)$"):
+        build_config(TrainingConfig, parse_set_options([f"lr={value}"]), where="ga config")
+    with pytest.raises(UlmrError, match=r"^config: warmup_ratio=nan is out of range: it must be a finite number in \[0, 1\]$"):
+        build_config(TrainingConfig, {"warmup_ratio": float("nan")})
+
+
+def test_numbers_without_a_range_must_be_finite_too():
+    from dataclasses import dataclass, field
+
+    from ulmr.unlearning.config import build_config
+
+    @dataclass
+    class Unchecked:
+        scale: float = 1.0
+        grid: list[float] = field(default_factory=lambda: [0.5])
+
+    assert build_config(Unchecked, {"scale": 2, "grid": [1, 2.5]}).grid == [1.0, 2.5]
+    with pytest.raises(UlmrError, match=r"^x config key 'scale' holds nan: every number must be finite"):
+        build_config(Unchecked, {"scale": "nan"}, where="x config")
+    with pytest.raises(UlmrError, match=r"^x config key 'grid' holds inf"):
+        build_config(Unchecked, {"grid": [0.5, float("inf")]}, where="x config")
+
+
+def test_save_checkpoint_refuses_nan_weights_and_writes_nothing(tiny, tmp_path):
+    from ulmr.models import save_checkpoint
+
+    model, tokenizer = tiny
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[3, 5] = math.nan
+    out = tmp_path / "ckpt"
+    with pytest.raises(UlmrError, match=r"^refusing to save .*ckpt: weight model\.layers\.1\.mlp\.down_proj\.weight "
+                                        r"holds NaN or infinite values") as err:
+        save_checkpoint(model, tokenizer, out)
+    assert "\n" not in str(err.value) and list(tmp_path.iterdir()) == []
+
+
+def test_save_checkpoint_replaces_a_checkpoint_and_leaves_no_temporary_folder(tiny, tmp_path):
+    from ulmr.models import load_model, save_checkpoint
+
+    model, tokenizer = tiny
+    out = tmp_path / "ckpt"
+    save_checkpoint(model, tokenizer, out)
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    save_checkpoint(model, tokenizer, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    reloaded, _ = load_model(str(out), dtype="fp32", device="cpu")
+    assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_unlearn_with_a_non_finite_lr_fails_in_one_line_and_writes_nothing(value, tiny_path, data_dir, tmp_path, capsys):
+    from ulmr.cli import main
+
+    out = tmp_path / "x"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["unlearn", "--method", "ga", "--model", "tiny-random", "--set", f"lr={value}", "--set", "max_steps=1",
+              "--output", str(out), "--data-dir", str(data_dir)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: ga config: lr={value[1:]} is out of range: it must be a finite number in (0, inf)")
+    assert not out.exists()
+
+
 def test_forget_parts_must_align(tiny):
     model, tokenizer = tiny
     with pytest.raises(UlmrError, match="equal length"):
@@ -238,7 +335,7 @@ def test_unknown_method_and_config_key_are_one_line_errors():
         get_method("gaa")
     with pytest.raises(UlmrError, match=r"unknown npo config key 'bta': valid keys are .*\bbeta\b"):
         build_config(get_method("npo").config_class, {"bta": 1}, where="npo config")
-    with pytest.raises(UlmrError, match=r"^lr=0.0 is out of range"):
+    with pytest.raises(UlmrError, match=r"^config: lr=0.0 is out of range"):
         build_config(TrainingConfig, {"lr": "0"})
     assert build_config(TrainingConfig, {"lr": "1e-5"}).lr == 1e-5  # YAML reads 1e-5 as a string
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from ulmr.run import model_folder
 from ulmr.cli import main
 from ulmr.errors import UlmrError
 from ulmr.profiles import load_profile
@@ -72,7 +73,7 @@ def test_tune_on_the_smoke_profile_stores_every_point_chooses_one_and_resumes(tm
     assert tune(profile, tmp_path / "results", str(data_dir), lines.append, stored_only=True)["tofu"]["rows"] == []
     assert "0 of 4 grid points stored" in lines[-1]
     summary = tune(profile, tmp_path / "results", data_dir=str(data_dir), echo=lambda line: None)["tofu"]
-    folder = tmp_path / "results" / "tune" / "tiny-random" / "tofu-forget01"
+    folder = tmp_path / "results" / "tune" / model_folder("tiny-random") / "tofu-forget01"
     assert sorted(p.name for p in (folder / "ga").iterdir()) == ["lr_0.001.json", "lr_1e-05.json"]
     assert len(summary["rows"]) == 4 and summary["validation_items"] == {"forget": 4, "retain": 4}
     for row in summary["rows"]:

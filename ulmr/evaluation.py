@@ -193,14 +193,12 @@ def _tasks_by_limit(tasks: list[str], settings: EvalSettings) -> list[tuple[int 
 
 def write_samples(path: str | Path, samples: dict[str, list]) -> None:
     """lm-eval's per-sample records as JSON Lines (one per doc, with its task name), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    from ulmr.results import atomic_writer
+
+    with atomic_writer(path) as f:
         for task, records in samples.items():
             for record in records:
                 f.write(json.dumps({"task": task, **record}, default=str) + "\n")
-    tmp.replace(path)
 
 
 def add_reference_metrics(result: dict[str, Any], reference: dict[str, Any]) -> None:

@@ -46,6 +46,10 @@ def resolve_dtype(name: str, device: str | None = None) -> torch.dtype:
     return table[name]
 
 
+# short names of the compute dtypes, for folder names and tables
+DTYPE_TAGS = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
     import resource

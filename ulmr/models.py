@@ -87,14 +87,53 @@ def load_tokenizer(source: str):
 
 
 def save_checkpoint(model, tokenizer, out: Path) -> None:
-    """Save as a normal safetensors checkpoint, atomically (a half-written folder never appears)."""
+    """Save as a normal safetensors checkpoint, atomically (a half-written folder never appears).
+
+    Refuses (UlmrError, nothing written) a model with a NaN or infinite weight. The checkpoint is
+    written to a uniquely named folder beside `out`, so concurrent saves never share one."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    bad = non_finite_weight(model)
+    if bad is not None:
+        raise UlmrError(f"refusing to save {out}: weight {bad} holds NaN or infinite values (training "
+                        "diverged); nothing was written: lower lr or the number of steps and rerun")
+    from ulmr.storage import check_writable
+
+    check_writable(out.parent, what="checkpoint folder")  # one line, not an OSError's traceback
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    old = None
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes an owner-only folder
+        if out.exists():  # moved aside, not deleted first: `out` is missing only between two renames
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def non_finite_weight(model) -> str | None:
+    """The name of the first floating-point weight or buffer holding a NaN or inf, else None (one
+    fused norm pass; a tensor whose norm is not finite is then checked element-wise)."""
+    import torch
+
+    named = [(name, t.detach()) for name, t in model.state_dict().items() if t.is_floating_point()]
+    if not named:
+        return None
+    with torch.no_grad():
+        norms = torch._foreach_norm([t for _, t in named], 2)
+        suspects = [i for i, finite in enumerate(torch.stack([n.float().cpu() for n in norms]).isfinite().tolist())
+                    if not finite]
+        return next((named[i][0] for i in suspects if not bool(torch.isfinite(named[i][1]).all())), None)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _cached(target: Path, build) -> Path:

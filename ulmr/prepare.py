@@ -9,13 +9,13 @@ instead of training again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from ulmr.benchmarks.registry import PreparedModel
 from ulmr.prompts import PromptTemplate
+from ulmr.storage import claim, weights_fingerprint
 from ulmr.unlearning.interface import Example
 
 PREPARE_VERSION = 2  # bump when the recipe code changes what a cached checkpoint contains
@@ -24,6 +24,7 @@ PREPARE_VERSION = 2  # bump when the recipe code changes what a cached checkpoin
 def fine_tuned(base: str, template: PromptTemplate, examples: list[Example], recipe: dict[str, Any],
                seed: int, label: str) -> PreparedModel:
     """SFT `base` on `examples` (answer tokens only) unless the same job is cached."""
+    from ulmr.hardware import resolve_dtype
     from ulmr.models import cache_dir, load_model, resolve_model, save_checkpoint
     from ulmr.results import content_key, write_json_atomic
     from ulmr.unlearning.config import build_config, config_to_dict
@@ -33,33 +34,22 @@ def fine_tuned(base: str, template: PromptTemplate, examples: list[Example], rec
     config = build_config(TrainingConfig, {**recipe, "seed": seed}, where="profile prepare")
     base_path = resolve_model(base)
     key = content_key({
-        "version": PREPARE_VERSION, "label": label, "base": _weights_fingerprint(base_path),
+        "version": PREPARE_VERSION, "label": label, "base": weights_fingerprint(base_path),
         "template": template.as_options(), "recipe": config_to_dict(config),
+        # "auto" trains in bf16 on some CPUs and fp32 on others: different models, different entries
+        "compute_dtype": str(resolve_dtype(config.dtype)),
         "examples": [(e.question, e.answer) for e in examples]})
     out = cache_dir() / "prepared" / f"{label}-{key[:16]}"
     record_path = out / "prepare.json"
-    if record_path.is_file():
-        return PreparedModel(str(out), json.loads(record_path.read_text()))
-    model, tokenizer = load_model(base_path, dtype="fp32")
-    model, record = train(model, tokenizer, template, config,
-                          lambda m, batch, _ref: answer_nll(m, batch["forget"]),
-                          {"forget": examples}, desc=f"preparing {label}")
-    save_checkpoint(model, tokenizer, out)
-    summary = {"label": label, "key": key, "base": base, "n_examples": len(examples),
-               "recipe": config_to_dict(config), "training": record.as_dict()}
-    write_json_atomic(record_path, summary)  # written last: its presence marks a complete cache entry
-    return PreparedModel(str(out), summary)
-
-
-def _weights_fingerprint(model_path: str) -> str:
-    """Hash of a checkpoint folder's config and weight files (a hub id is hashed by name)."""
-    folder = Path(model_path)
-    if not folder.is_dir():
-        return model_path
-    digest = hashlib.sha256()
-    for file in sorted(folder.glob("*.json")) + sorted(folder.glob("*.safetensors")):
-        digest.update(file.name.encode())
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    with claim(record_path):  # a concurrent run preparing the same model: wait for it, then load it
+        if record_path.is_file():
+            return PreparedModel(str(out), json.loads(record_path.read_text()))
+        model, tokenizer = load_model(base_path, dtype="fp32")
+        model, record = train(model, tokenizer, template, config,
+                              lambda m, batch, _ref: answer_nll(m, batch["forget"]),
+                              {"forget": examples}, desc=f"preparing {label}")
+        save_checkpoint(model, tokenizer, out)
+        summary = {"label": label, "key": key, "base": base, "n_examples": len(examples),
+                   "recipe": config_to_dict(config), "training": record.as_dict()}
+        write_json_atomic(record_path, summary)  # written last: its presence marks a complete cache entry
+        return PreparedModel(str(out), summary)

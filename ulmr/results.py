@@ -24,6 +24,7 @@ One JSON file per (model, benchmark, selection, method, seed), schema "ulmr-benc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 RESULT_SCHEMA = "ulmr-bench/result/v1"
 
@@ -54,39 +55,73 @@ def read_stored(path: str | Path, key: str) -> dict[str, Any] | None:
 
 def stored_or_compute(path: str | Path, key: str, compute: Callable[[], dict[str, Any]],
                       reuse: Callable[[dict[str, Any]], bool] = lambda stored: stored.get("status") == "ok",
-                      ) -> tuple[dict[str, Any], bool]:
+                      wait: bool = True) -> tuple[dict[str, Any], bool] | None:
     """(the object stored at `path` with `key`, True) when `reuse` accepts it (default: a successful
     result), else (compute() stored there with `key`, False). The one load-or-compute of every
-    kind of stored work: results, reference rows, tuning grid points."""
+    kind of stored work: results, reference rows, tuning grid points.
+
+    The item is claimed while it is computed (ulmr.storage), so two runs on one results directory
+    never do the same work: with wait=True this waits for another process's claim and then reuses
+    what it stored; with wait=False it returns None at once when another process holds the item,
+    so the caller can do other work first."""
+    from ulmr.storage import claim
+
     stored = read_stored(path, key)
     if stored is not None and reuse(stored):
         return stored, True
-    computed = {**compute(), "key": key}
-    write_json_atomic(path, computed)
-    return computed, False
+    with claim(path, wait=wait) as held:
+        if not held.held:
+            return None
+        stored = read_stored(path, key)  # finished by another process while this one waited
+        if stored is not None and reuse(stored):
+            return stored, True
+        computed = {**compute(), "key": key}
+        write_json_atomic(path, computed)
+        return computed, False
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write to a uniquely named temporary file beside `path`, then rename: readers never see half a
+    file, and concurrent writers never share a temporary file."""
+    with atomic_writer(path) as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | Path, mode: str = "w", encoding: str = "utf-8",
+                  newline: str | None = None) -> Iterator[IO]:
+    """`with atomic_writer(path) as f: f.write(...)`: `f` is a uniquely named temporary file beside
+    `path` (".<name>.<random>.tmp", so concurrent writers of one path never collide) that replaces
+    `path` when the block ends without an exception; on an exception it is removed and `path` is
+    left as it was. mode "w" (text) or "wb"; the file gets the umask's permissions, not mkstemp's
+    owner-only ones."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_writer writes whole files: mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; results are for sharing
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding, "newline": newline})) as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~_umask())  # results are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without changing it where /proc allows (os.umask to read it sets it
+    for a moment, which races other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def git_revision() -> str | None:
@@ -114,7 +149,7 @@ def provenance() -> dict[str, Any]:
     import torch
 
     return {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": portable_command(sys.argv),
         "versions": versions,
         "git_revision": git_revision(),
         "python": platform.python_version(),
@@ -122,6 +157,18 @@ def provenance() -> dict[str, Any]:
                    + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def portable_command(argv: list[str]) -> str:
+    """The command line with every absolute path made relative to the working directory (the
+    repository, for the README's commands), so results name no folder of the machine they ran on."""
+    def portable(arg: str) -> str:
+        option, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if os.path.isabs(value):
+            value = os.path.relpath(value)
+        return f"{option}{sep}{value}"
+
+    return " ".join([Path(argv[0]).name, *map(portable, argv[1:])])
 
 
 def _cpu_name() -> str:

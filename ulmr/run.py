@@ -25,7 +25,9 @@ from ulmr.benchmarks.registry import Preparation, get_benchmark
 from ulmr.evaluation import evaluate, settings_from_plan
 from ulmr.profiles import Profile
 from ulmr.prompts import PromptTemplate
+from ulmr.hardware import DTYPE_TAGS, resolve_dtype
 from ulmr.results import RESULT_SCHEMA, content_key, provenance, stored_or_compute, write_json_atomic
+from ulmr.storage import model_identity, model_slug
 
 Echo = Callable[[str], None]
 
@@ -93,7 +95,9 @@ class BenchmarkRun:
         self.plan = profile.plan(benchmark)
         self.selection = self.plan.selection
         self.data_dir, self.echo, self.summary = data_dir, echo, summary
-        self.folder = results_dir / file_slug(profile.model) / f"{benchmark}-{file_slug(self.selection)}"
+        self.model_identity = {k: v for k, v in model_identity(profile.model).items() if k != "source"}
+        self.compute_dtype = DTYPE_TAGS[resolve_dtype("auto")]
+        self.folder = results_dir / model_folder(profile.model) / f"{benchmark}-{file_slug(self.selection)}"
         self.settings = settings_from_plan(benchmark, self.plan, data_dir=data_dir, template=template,
                                            backend=backend)
         self.prep_seed = profile.prepare_seed
@@ -103,10 +107,12 @@ class BenchmarkRun:
 
     def run_all(self) -> None:
         before = self.prepare().before
-        # seed by seed: a run stopped part-way leaves whole rounds, every method on the same seeds
-        for seed in self.profile.seeds:
-            for method in self.profile.methods:
-                self.run_method(method, seed, before)
+        # seed by seed: a run stopped part-way leaves whole rounds, every method on the same seeds;
+        # items another run on the same results directory is working on wait until the rest is done
+        busy = [(method, seed) for seed in self.profile.seeds for method in self.profile.methods
+                if not self.run_method(method, seed, before, wait=False)]
+        for method, seed in busy:
+            self.run_method(method, seed, before, wait=True)
 
     # ---- preparation and the reference rows ------------------------------------------------
 
@@ -134,7 +140,7 @@ class BenchmarkRun:
             self.say(f"{role}: evaluating")
             result = evaluate(model_path, settings, samples_path=path.with_suffix(".samples.jsonl"),
                               model_label=self.profile.model)
-            return {**result, "method": role, "seed": self.prep_seed, "status": "ok",
+            return {**result, **self.identity_fields(), "method": role, "seed": self.prep_seed, "status": "ok",
                     "preparation": _preparation_summary(preparation)}
 
         result, was_stored = stored_or_compute(path, self.key(content), evaluated)
@@ -155,7 +161,9 @@ class BenchmarkRun:
 
     # ---- methods ---------------------------------------------------------------------------
 
-    def run_method(self, method: str, seed: int, before) -> None:
+    def run_method(self, method: str, seed: int, before, wait: bool = True) -> bool:
+        """Unlearn, evaluate and store one row (or find it stored); False when wait is False and
+        another process is producing it."""
         from ulmr.models import load_model
         from ulmr.unlearning.config import config_to_dict
         from ulmr.unlearning.registry import get_method
@@ -186,16 +194,21 @@ class BenchmarkRun:
                 if outcome.artifacts:
                     write_json_atomic(path.with_suffix(".artifacts.json"), outcome.artifacts)
                     result["artifacts_file"] = path.with_suffix(".artifacts.json").name
-                result.update(method=method, seed=seed, status="ok", unlearning=outcome.record,
+                result.update(self.identity_fields(), method=method, seed=seed, status="ok", unlearning=outcome.record,
                               preparation=_preparation_summary(before.record))
                 result["timings"]["unlearn_seconds"] = round(unlearn_seconds, 2)
                 return result
 
-            _, was_stored = stored_or_compute(path, key, unlearned_and_evaluated)
+            done = stored_or_compute(path, key, unlearned_and_evaluated, wait=wait)
+            if done is None:
+                self.say(f"{method} seed {seed}: another run is producing it, coming back to it later")
+                return False
+            was_stored = done[1]
             if was_stored:
                 self.say(f"{method} seed {seed}: stored result found, skipping")
             self.summary.add(self.benchmark, self.selection, method, seed, "stored" if was_stored else "ok",
                              time.time() - start)
+            return True
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001  (recorded as failed; the other methods go on)
@@ -207,6 +220,7 @@ class BenchmarkRun:
                 "error": message, "traceback": traceback.format_exc(limit=8),
                 "timings": {"seconds": round(time.time() - start, 2)}, "provenance": provenance()})
             self.summary.add(self.benchmark, self.selection, method, seed, "failed", time.time() - start, message)
+            return True
 
     def evaluable(self, model, tokenizer, method: str, seed: int):
         """(model, tokenizer) args for evaluate: in memory for the fast backend, else saved first."""
@@ -223,12 +237,24 @@ class BenchmarkRun:
     def result_path(self, method: str, seed: int) -> Path:
         return self.folder / f"{method}-seed{seed}.json"
 
+    def identity_fields(self) -> dict[str, Any]:
+        """What every stored result says about the model and precision it came from."""
+        return {"model_identity": self.model_identity, "compute_dtype": self.compute_dtype}
+
     def key(self, content: dict[str, Any]) -> str:
         eval_settings = {k: v for k, v in vars(self.settings).items() if k not in ("data_dir", "template")}
-        payload = {**content, "model": self.profile.model, "benchmark": self.benchmark,
+        payload = {**content, "model": self.model_identity, "benchmark": self.benchmark,
                    "selection": self.selection, "template": self.template.as_options(),
-                   "eval": eval_settings, "code_version": __version__}
+                   "eval": eval_settings, "compute_dtype": self.compute_dtype,
+                   "eval_dtype": DTYPE_TAGS[resolve_dtype(self.settings.dtype)], "code_version": __version__}
         return content_key(payload)
+
+
+def model_folder(model: str) -> str:
+    """The results folder of a model on this machine. Results are kept apart by what the model is
+    (an alias, or a folder's weights hash: never only its folder's last name) and by the precision
+    "auto" computes in here, so bf16 and fp32 runs of one model never share an entry."""
+    return f"{model_slug(model_identity(model))}-{DTYPE_TAGS[resolve_dtype('auto')]}"
 
 
 def _data_fingerprint(data) -> str:

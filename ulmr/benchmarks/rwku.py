@@ -86,6 +86,8 @@ class RwkuPlan(BenchmarkPlan):
 
 @register_benchmark
 class Rwku(Benchmark):
+    """RWKU: forget real people (after knowledge injection on small models); probes, MIA, utility."""
+
     name = "rwku"
     plan_class = RwkuPlan
     selection_option = "targets"

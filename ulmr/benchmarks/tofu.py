@@ -46,6 +46,8 @@ class TofuPlan(BenchmarkPlan):
 
 @register_benchmark
 class Tofu(Benchmark):
+    """TOFU: forget a split of fictitious authors; forget quality against a retain model."""
+
     name = "tofu"
     plan_class = TofuPlan
     selection_option = "split"

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "tune": "tune",
     "leaderboard": "leaderboard",
     "methods": "info",
+    "benchmarks": "info",
     "tasks-path": "info",
 }
 

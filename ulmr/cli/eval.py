@@ -30,6 +30,10 @@ def eval_command(model, benchmark, output, reference, **kwargs):
     from ulmr.results import write_json_atomic
 
     selection = selection_from(benchmark, kwargs)
+    if output:
+        from ulmr.storage import check_writable
+
+        check_writable(Path(output).parent, what="--output")
     reference_result = _read_result(reference) if reference else None
     settings = EvalSettings(benchmark=benchmark, selection=selection, template=template_from(kwargs), **kwargs)
     samples_path = Path(output).with_suffix(".samples.jsonl") if output else None

@@ -23,12 +23,18 @@ data_dir_option = click.option("--data-dir", envvar="ULMR_DATA_DIR", type=click.
                                help="Local data directory laid out as ../shared/data "
                                     "(env ULMR_DATA_DIR); default: the hub.")
 
+# every selection option a command was built with (a benchmark registered later, or one that a test
+# registered and removed again, may differ from the registry now)
+_SELECTION_OPTIONS: dict[str, str] = {}
+
+
 def benchmark_options(func):
     """--benchmark, and the selection option of every registered benchmark (--split, --targets, ...)."""
     from ulmr.benchmarks.registry import available_benchmarks
 
     benchmarks = available_benchmarks()
     selections = {bench.selection_option: bench.selection_help for bench in reversed(benchmarks.values())}
+    _SELECTION_OPTIONS.update(selections)
     return compose(
         click.option("--benchmark", default="tofu", show_default=True,
                      help=f"Registered benchmark: {', '.join(benchmarks)}."),
@@ -43,7 +49,8 @@ def selection_from(benchmark: str, kwargs) -> str | None:
     from ulmr.benchmarks.registry import available_benchmarks, get_benchmark
 
     bench = get_benchmark(benchmark)
-    given = {option: kwargs.pop(option) for option in {b.selection_option for b in available_benchmarks().values()}}
+    options = set(_SELECTION_OPTIONS) | {b.selection_option for b in available_benchmarks().values()}
+    given = {option: kwargs.pop(option, None) for option in options}
     wrong = sorted(option for option, value in given.items() if value is not None and option != bench.selection_option)
     if wrong:
         raise UlmrError(f"--{wrong[0].replace('_', '-')} is not an option of {benchmark}: its selection is "

@@ -24,12 +24,16 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
                 backend):
     """Prepare models, unlearn with each method and seed, evaluate, store, regenerate the leaderboard."""
     from ulmr.profiles import load_profile
-    from ulmr.run import run
+    from ulmr.run import check_plan, run
+    from ulmr.storage import check_writable
 
     chosen = load_profile(profile, profile_overrides(methods, benchmarks, seeds, model, set_options))
+    check_plan(chosen)  # then the output folders: all before any work
+    check_writable(results_dir, what="--results-dir")
+    leaderboard_dir = check_writable(leaderboard_dir or Path(results_dir) / "leaderboard", what="--leaderboard-dir")
     click.echo(f"profile {chosen.name}: {chosen.model}, benchmarks {','.join(chosen.benchmarks)}, "
                f"methods {','.join(chosen.methods)}, seeds {','.join(map(str, chosen.seeds))}")
     summary = run(chosen, results_dir, data_dir=data_dir, backend=backend, echo=click.echo)
-    build_and_report(results_dir, leaderboard_dir or Path(results_dir) / "leaderboard", label="leaderboard: ")
+    build_and_report(results_dir, leaderboard_dir, label="leaderboard: ")
     if summary.failure():
         raise UlmrError(summary.failure())

@@ -21,9 +21,13 @@ def tune_command(profile, methods, benchmarks, seeds, model, set_options, data_d
     import yaml
 
     from ulmr.profiles import load_profile
+    from ulmr.run import check_plan
+    from ulmr.storage import check_writable
     from ulmr.tune import tune
 
     chosen = load_profile(profile, profile_overrides(methods, benchmarks, seeds, model, set_options))
+    check_plan(chosen)
+    check_writable(results_dir, what="--results-dir")
     summaries = tune(chosen, results_dir, data_dir=data_dir, echo=click.echo, stored_only=stored_only)
     if stored_only:
         return

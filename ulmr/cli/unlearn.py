@@ -29,14 +29,17 @@ UNLEARN_SCHEMA = "ulmr-bench/unlearn/v1"
 @template_options
 def unlearn_command(method, model, benchmark, data_dir, output, config_file, set_options, device, **kwargs):
     """Unlearn a benchmark's forget set from MODEL with METHOD; save the result as a checkpoint."""
+    import torch
     from accelerate import Accelerator
 
+    from ulmr.benchmarks.registry import get_benchmark
     from ulmr.models import load_model, save_checkpoint
     from ulmr.results import provenance, write_json_atomic
+    from ulmr.storage import check_writable
     from ulmr.unlearning.config import build_config, config_to_dict, load_config_file, parse_set_options
-    from ulmr.benchmarks.registry import get_benchmark
     from ulmr.unlearning.registry import get_method
 
+    check_writable(Path(output).parent, what="--output")
     bench = get_benchmark(benchmark)
     selection = selection_from(benchmark, kwargs) or bench.default_selection
     method_class = get_method(method)
@@ -47,7 +50,9 @@ def unlearn_command(method, model, benchmark, data_dir, output, config_file, set
 
     # One process, or one per device under `accelerate launch`. An Accelerator (not a bare
     # PartialState) so that the process group is set up exactly as the training loop's sees it.
-    accelerator = Accelerator(cpu=device == "cpu")
+    # Without a GPU the launched processes must be told to use the CPU here: the first Accelerator
+    # decides for the whole process, and a later cpu=True (in the training loop) is ignored.
+    accelerator = Accelerator(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()))
     if accelerator.is_main_process:
         click.echo(f"unlearning {data.benchmark} {data.name} ({len(data.forget)} forget, {len(data.retain)} "
                    f"retain items) from {model} with {method}", err=True)
@@ -80,11 +85,13 @@ def eval_command_line(model, benchmark: str, data, data_dir, template, system_pr
     on the same benchmark, selection and template."""
     import shlex
 
+    from ulmr.benchmarks.registry import get_benchmark
+
     def tag(value: str) -> str:  # the tag options read the two characters \n as a newline
         return value.replace("\n", "\\n")
 
     args = ["ulmr-bench", "eval", "--model", str(model), "--benchmark", benchmark,
-            "--split" if benchmark == "tofu" else "--targets", data.name]
+            f"--{get_benchmark(benchmark).selection_option.replace('_', '-')}", data.name]
     if data_dir:
         args += ["--data-dir", str(data_dir)]
     if template.kind == "tags":

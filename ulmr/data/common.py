@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,20 +33,53 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
     if found is None:
         raise UlmrError(f"missing data file {path}: check the data directory (expected the layout of "
                         "../shared/data) or leave it unset to load from the hub")
-    opener = gzip.open if found.suffix == ".gz" else open
-    with opener(found, "rt", encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(found)
     if not text.strip():
         raise UlmrError(f"data file {found} is empty: restore it from the benchmark's release")
+    if text.lstrip().startswith("["):
+        return _parse_json(text, found, 0)
+    # split on "\n" only: str.splitlines() also splits inside strings holding U+2028 and kin
+    return [_parse_json(line, found, number) for number, line in enumerate(text.split("\n"), start=1)
+            if line.strip()]
+
+
+def _parse_json(text: str, path: Path, line: int) -> Any:
+    """json.loads, its failure one line naming the file and line (`line`: JSON Lines row, or 0)."""
     try:
-        if text.lstrip().startswith("["):
-            rows = json.loads(text)
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        where = "nesting too deep" if isinstance(exc, RecursionError) else f"line {line or exc.lineno}"
+        raise UlmrError(f"data file {path} is not valid JSON ({where}): "
+                        "restore it from the benchmark's release") from None
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file (gunzipped when its name ends in .gz; a leading BOM dropped). A file that
+    cannot be read, is not gzip data, is a truncated or corrupt gzip stream, or is not UTF-8 raises
+    a one-line UlmrError naming the file and the fix."""
+    fix = "restore it from the benchmark's release"
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
         else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise UlmrError(f"data file {found} is not valid JSON (line {exc.lineno}): "
-                        "restore it from the benchmark's release") from exc
-    return rows
+            raw = path.read_bytes()
+    except gzip.BadGzipFile:
+        raise UlmrError(f"data file {path} is not gzip data despite its .gz name: {fix} "
+                        "(or drop .gz from the name of a plain file)") from None
+    except EOFError:
+        raise UlmrError(f"data file {path} is truncated (its gzip stream ends early): {fix}") from None
+    except zlib.error as exc:
+        raise UlmrError(f"data file {path} is corrupt ({first_line(exc, 80)}): {fix}") from None
+    except OSError as exc:
+        raise UlmrError(f"data file {path} could not be read ({exc.strerror or first_line(exc, 80)}): "
+                        f"check its permissions or {fix}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        hint = f" (it looks gzip-compressed: rename it {path.name}.gz)" if raw[:2] == b"\x1f\x8b" else ""
+        raise UlmrError(f"data file {path} is not UTF-8 text (bad byte at offset {exc.start}){hint}: "
+                        f"{fix}") from None
 
 
 def validate_rows(rows: list[Any], source: str, required: dict[str, type],

@@ -10,14 +10,15 @@ from __future__ import annotations
 import csv
 import difflib
 import functools
+import io
 import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ulmr.data import common
-from ulmr.data.common import load_hub_rows, read_json_records, validate_rows
-from ulmr.errors import UlmrError
+from ulmr.data.common import load_hub_rows, read_json_records, read_text, validate_rows
+from ulmr.errors import UlmrError, first_line
 
 HUB_REPO = "jinzhuoran/RWKU"
 
@@ -90,8 +91,12 @@ def all_targets(data_dir: str | os.PathLike | None = None) -> list[Target]:
     if not path.is_file():
         raise UlmrError(f"missing data file {path}: check the data directory (expected the layout of "
                         "../shared/data) or leave it unset to load from the hub")
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        rows = list(csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter="\t",
+                                   quoting=csv.QUOTE_NONE))
+    except csv.Error as exc:
+        raise UlmrError(f"{path} is not a tab-separated table ({first_line(exc, 80)}): "
+                        "fix or restore the file") from None
     targets = []
     for line, row in enumerate(rows, start=2):
         try:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ulmr.data.common import data_dir, load_hub_rows, read_json_records, validate_rows
+from ulmr.data.common import data_dir, load_hub_rows, read_json_records, read_text, validate_rows
 from ulmr.errors import UlmrError
 
 HUB_REPO = "locuslab/TOFU"
@@ -56,7 +56,7 @@ def load_idontknow(data_dir_path: str | os.PathLike | None = None) -> list[str]:
             path = Path(hf_hub_download(HUB_REPO, "idontknow.jsonl", repo_type="dataset"))
         except Exception as exc:  # noqa: BLE001
             raise UlmrError(f"could not fetch idontknow.jsonl from {HUB_REPO}; pass --data-dir") from exc
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.strip() for line in read_text(path).splitlines() if line.strip()]
     if not lines:
         raise UlmrError(f"refusal bank {path} is empty: restore it from TOFU's release")
     return lines

@@ -72,11 +72,14 @@ def batches_per_epoch(n_items: int, batch_size: int, num_processes: int = 1) -> 
 
 def micro_batches(forget: dict[str, list[Example]], retain: list[Example] | None,
                   encode: Callable[[Example], Encoded], batch_size: int, seed: int, pad_id: int,
-                  process_index: int = 0, num_processes: int = 1, group_by_length: bool = False) -> Iterator[Batch]:
+                  process_index: int = 0, num_processes: int = 1, group_by_length: bool = False,
+                  drawn: list[int] | None = None) -> Iterator[Batch]:
     """Endless micro-batches: the forget parts (aligned lists, batched together by index) in seeded
     shuffled epochs, each batch joined by a retain batch of the same size drawn without replacement
-    from a reshuffled retain list. Under several processes each takes its own slice of every epoch.
-    With group_by_length, batches hold items of similar length (see TrainingConfig)."""
+    from a reshuffled retain list. Under several processes each takes its own slice of every epoch
+    (the data-parallel sharding: batches are built here, not by a DataLoader that
+    `accelerator.prepare` would shard). With group_by_length, batches hold items of similar length
+    (see TrainingConfig). `drawn`, when given, receives the forget indices of every batch yielded."""
     first_part = next(iter(forget.values()))
     n_items = len(first_part)
     order_rng = random.Random(seed)  # the same on every process, so the slices do not overlap
@@ -92,6 +95,8 @@ def micro_batches(forget: dict[str, list[Example]], retain: list[Example] | None
         else:
             batches = [share[start:start + batch_size] for start in range(0, len(share), batch_size)]
         for indices in batches:
+            if drawn is not None:
+                drawn.extend(indices)
             batch = {name: collate([encode(part[i]) for i in indices], pad_id) for name, part in forget.items()}
             if retain:
                 picks = []

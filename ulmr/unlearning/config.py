@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -51,21 +52,42 @@ def build_config(config_class: type, overrides: dict[str, Any] | None = None, wh
     config = config_class(**values)
     validate = getattr(config, "validate", None)
     if validate is not None:
-        try:
+        try:  # range checks first: their message names the allowed range
             validate()
         except UlmrError as exc:  # say where the value came from
             raise UlmrError(f"{where}: {exc}") from None
+    for f in dataclasses.fields(config):  # then every number validate() has no range for
+        bad = _non_finite(getattr(config, f.name))
+        if bad is not None:
+            raise UlmrError(f"{where} key {f.name!r} holds {bad}: every number must be finite; "
+                            "pass a real value")
     return config
 
 
 def check_range(name: str, value, low=None, high=None, low_open=False) -> None:
-    """One-line error for an out-of-range hyperparameter."""
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and value > high
+    """One-line error for an out-of-range hyperparameter. NaN and +-inf are always out of range
+    (NaN compares False to every bound, so it is tested first)."""
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    too_low = finite and low is not None and (value <= low if low_open else value < low)
+    too_high = finite and high is not None and value > high
+    bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
+             f"{high if high is not None else 'inf'}{']' if high is not None else ')'}"
+    if not finite:
+        raise UlmrError(f"{name}={value} is out of range: it must be a finite number in {bounds}")
     if too_low or too_high:
-        bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
-                 f"{high if high is not None else 'inf'}]"
         raise UlmrError(f"{name}={value} is out of range: it must lie in {bounds}")
+
+
+def _non_finite(value):
+    """The first NaN or infinite float inside a config value (lists and dicts walked), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for child in children:
+        bad = _non_finite(child)
+        if bad is not None:
+            return bad
+    return None
 
 
 def config_to_dict(config) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import copy
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Literal
 
 import torch
@@ -35,7 +35,7 @@ LossFn = Callable[[Any, Batch, Any], "torch.Tensor | dict[str, torch.Tensor]"]
 
 
 class TrainingDiverged(UlmrError):
-    """The loss or the gradient norm became NaN or infinite; the model is unusable."""
+    """The loss, the gradient norm or the weights became NaN or infinite; the model is unusable."""
 
     def __init__(self, message: str, step: int):
         super().__init__(message)
@@ -106,6 +106,7 @@ class TrainingConfig:
         check_range("warmup_ratio", self.warmup_ratio, 0, 1)
         check_range("weight_decay", self.weight_decay, 0)
         check_range("max_grad_norm", self.max_grad_norm, 0)
+        check_range("seed", self.seed, 0, 2**32 - 1)  # numpy's seed range (accelerate's set_seed seeds it)
         check_range("lora_r", self.lora_r, 1)
         check_range("lora_alpha", self.lora_alpha, 0, low_open=True)
         check_range("lora_dropout", self.lora_dropout, 0, 1)
@@ -128,6 +129,11 @@ class TrainingRecord:
     device: str
     compute_dtype: str
     trainable_params: int
+    # Data-parallel sharding, for the record: distinct forget items each process drew, and how many
+    # of them more than one process drew (0 within an epoch whose size the processes divide; later
+    # epochs reshuffle, so multi-epoch runs share items across processes by design).
+    forget_items_per_process: list[int] = field(default_factory=list)
+    forget_items_shared: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,7 +158,12 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
         back as it was when training ends.
 
     The returned model is the input model trained in place (fp32 weights), or with lora=True the
-    same model with the adapters merged in. Raises TrainingDiverged on a NaN/inf loss or gradient.
+    same model with the adapters merged in. Raises TrainingDiverged (on every process) when a loss,
+    the gradient norm or, after an optimizer step, the trained weights are NaN or infinite: a
+    finite loss and gradient do not imply finite weights (nothing reads the weights after the last
+    step, and AdamW's decoupled decay scales weights the loss never touches), so the weights are
+    checked after every step, one fused norm over the trainable tensors (about a tenth of the cost
+    of the AdamW step itself, which reads and writes weights, gradients and both moments).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -161,7 +172,15 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     from ulmr.hardware import peak_rss_bytes, resolve_dtype
 
     config.validate()
-    accelerator = Accelerator()
+    launched = launched_processes()
+    # Without cpu=True accelerate makes N processes on a machine without GPUs N independent
+    # single-process runs (each its own "main" process). A state the caller set up first wins.
+    accelerator = Accelerator(cpu=launched > 1 and not torch.cuda.is_available())
+    if accelerator.num_processes != launched:
+        raise UlmrError(
+            f"{launched} processes were launched but accelerate set up {accelerator.num_processes} per run, so each "
+            "would train alone on all the data and write the same output: on a machine without GPUs create the "
+            "Accelerator with cpu=True (ulmr-bench unlearn --device cpu) before training")
     device = accelerator.device
     set_seed(config.seed)
     _check_parts(forget)
@@ -192,8 +211,11 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_then_linear_decay(total_steps, round(config.warmup_ratio * total_steps)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    drawn: list[int] = []  # forget item indices this process trained on
     stream = micro_batches(forget, retain, encode, config.batch_size, config.seed, pad_id,
-                           accelerator.process_index, accelerator.num_processes, config.group_by_length)
+                           accelerator.process_index, accelerator.num_processes, config.group_by_length,
+                           drawn=drawn)
+    parallel = accelerator.num_processes > 1
     compute_dtype = resolve_dtype(config.dtype, device.type)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == torch.bfloat16)
 
@@ -204,41 +226,69 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     tokens = 0
     bar = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_main_process)  # shown in logs too
     start = time.perf_counter()
-    for step in range(1, total_steps + 1):
-        step_terms: dict[str, float] = {}
-        for micro in range(config.grad_accum):
-            batch = {name: {k: v.to(device) for k, v in part.items()} for name, part in next(stream).items()}
-            tokens += sum(int(part["attention_mask"].sum()) for part in batch.values())
-            # Gradients are all-reduced across processes only on the last micro-batch of a step.
-            last = micro == config.grad_accum - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                with autocast:
-                    terms = _as_terms(loss_fn(model, batch, frozen))
-                    loss = sum(terms.values())
-                _check_finite(loss, "the loss", step, total_steps, config, terms)
-                accelerator.backward(loss / config.grad_accum)
-            for name, value in terms.items():
-                step_terms[name] = step_terms.get(name, 0.0) + value.item() / config.grad_accum
-        if config.max_grad_norm > 0:
-            norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-            _check_finite(norm, "the gradient norm", step, total_steps, config, {})
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    try:
+        for step in range(1, total_steps + 1):
+            step_terms: dict[str, float] = {}
+            diverged: TrainingDiverged | None = None
+            for micro in range(config.grad_accum):
+                batch = {name: {k: v.to(device) for k, v in part.items()} for name, part in next(stream).items()}
+                tokens += sum(int(part["attention_mask"].sum()) for part in batch.values())
+                # Gradients are all-reduced across processes only on the last micro-batch of a step.
+                last = micro == config.grad_accum - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    with autocast:
+                        terms = _as_terms(loss_fn(model, batch, frozen))
+                        loss = sum(terms.values())
+                    if diverged is None and not torch.isfinite(loss):
+                        diverged = _diverged(f"the loss is {loss.item()}", step, total_steps, config, terms)
+                    if diverged is not None and not parallel:
+                        raise diverged
+                    # Several processes: every one finishes the step's collectives, then all stop together.
+                    accelerator.backward(loss / config.grad_accum)
+                for name, value in terms.items():
+                    step_terms[name] = step_terms.get(name, 0.0) + value.item() / config.grad_accum
+            if parallel:
+                _agree(accelerator, diverged, "the loss", step, total_steps, config)
+            # The norm is measured even without clipping (max_norm=inf scales by 1): a NaN/inf gradient
+            # must never reach the weights.
+            norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or math.inf)
+            if norm is not None and not torch.isfinite(torch.as_tensor(norm)):  # the same on every process
+                raise _diverged(f"the gradient norm is {float(norm)}", step, total_steps, config, {})
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            weight_norm = _weights_norm(trainable)
+            bad_weights = None if math.isfinite(weight_norm) else _diverged(
+                f"the weights are no longer finite after the optimizer step (norm {weight_norm})",
+                step, total_steps, config, {})
+            if parallel:  # weights may be sharded (FSDP): agree before anyone stops
+                _agree(accelerator, bad_weights, "the weights", step, total_steps, config)
+            elif bad_weights is not None:
+                raise bad_weights
 
-        losses.append(sum(step_terms.values()))
-        for name, value in step_terms.items():
-            loss_terms.setdefault(name, []).append(value)
-        bar.set_postfix({name: f"{value:.4g}" for name, value in step_terms.items()}, refresh=False)
-        bar.update()
-        if on_step is not None:
-            on_step(step, accelerator.unwrap_model(model))
+            losses.append(sum(step_terms.values()))
+            for name, value in step_terms.items():
+                loss_terms.setdefault(name, []).append(value)
+            bar.set_postfix({name: f"{value:.4g}" for name, value in step_terms.items()}, refresh=False)
+            bar.update()
+            if on_step is not None:
+                on_step(step, accelerator.unwrap_model(model))
+    finally:
+        bar.close()  # ends the progress line, so an error message starts a line of its own
     elapsed = time.perf_counter() - start
-    bar.close()
 
     tokens = int(accelerator.reduce(torch.tensor(tokens, device=device), "sum"))
     for p in frozen_here:
         p.requires_grad_(True)
+    shards = [sorted(set(drawn))]
+    if parallel:
+        from accelerate.utils import gather_object
+
+        shards = gather_object(shards)
+    owners: dict[int, int] = {}
+    for shard in shards:
+        for index in shard:
+            owners[index] = owners.get(index, 0) + 1
     model = accelerator.unwrap_model(model)
     if config.lora:
         model = model.merge_and_unload()
@@ -249,8 +299,18 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
         tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
         peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes(),
         device=str(device), compute_dtype=str(compute_dtype).removeprefix("torch."),
-        trainable_params=sum(p.numel() for p in trainable))
+        trainable_params=sum(p.numel() for p in trainable),
+        forget_items_per_process=[len(shard) for shard in shards],
+        forget_items_shared=sum(1 for count in owners.values() if count > 1))
     return model.eval(), record
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun/accelerate launch: WORLD_SIZE; mpirun: its
+    own variables), read as accelerate reads them; 1 without a launcher."""
+    from accelerate.utils import get_int_from_env
+
+    return max(1, get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1))
 
 
 def planned_steps(config: TrainingConfig, n_items: int, num_processes: int = 1) -> int:
@@ -374,10 +434,30 @@ def _as_terms(loss) -> dict[str, torch.Tensor]:
     return loss if isinstance(loss, dict) else {"loss": loss}
 
 
-def _check_finite(value: torch.Tensor, what: str, step: int, total: int, config: TrainingConfig,
-                  terms: dict[str, torch.Tensor]) -> None:
-    if not torch.isfinite(value):
-        parts = ", ".join(f"{name}={v.item():.4g}" for name, v in terms.items())
-        raise TrainingDiverged(
-            f"training diverged at step {step}/{total}: {what} is {value.item()}"
-            f"{f' ({parts})' if len(terms) > 1 else ''}; lower lr (now {config.lr:g}) or max_steps", step)
+def _diverged(what: str, step: int, total: int, config: TrainingConfig,
+              terms: dict[str, torch.Tensor]) -> TrainingDiverged:
+    parts = ", ".join(f"{name}={v.item():.4g}" for name, v in terms.items())
+    return TrainingDiverged(
+        f"training diverged at step {step}/{total}: {what}"
+        f"{f' ({parts})' if len(terms) > 1 else ''}; lower lr (now {config.lr:g}) or max_steps", step)
+
+
+def _agree(accelerator, diverged: TrainingDiverged | None, what: str, step: int, total: int,
+           config: TrainingConfig) -> None:
+    """Under several processes: raise on all of them when any one diverged (a lone raise would leave
+    the others waiting in the next collective)."""
+    flag = torch.tensor(0.0 if diverged is None else 1.0, device=accelerator.device)
+    if float(accelerator.reduce(flag, "sum")) > 0:
+        raise diverged or _diverged(f"{what} diverged on another process", step, total, config, {})
+
+
+def _weights_norm(params: list[torch.Tensor]) -> float:
+    """L2 norm of all `params` in one fused pass: NaN or inf as soon as one weight is (or is so
+    large, beyond ~1e19, that its square overflows fp32: a model no forward pass survives)."""
+    if not params:
+        return 0.0
+    with torch.no_grad():
+        tensors = [p.detach() for p in params]
+        norms = torch._foreach_norm(tensors, 2) if hasattr(torch, "_foreach_norm") else \
+            [torch.linalg.vector_norm(t) for t in tensors]
+        return float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))

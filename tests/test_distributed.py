@@ -1,0 +1,74 @@
+"""Data-parallel unlearning under `accelerate launch`, two CPU processes (about 30 s each here).
+
+Note: `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple launcher
+ignores --num_processes on CPU unless given an mpirun hostfile). Two CPU processes come from
+`--multi_gpu --num_processes 2` (torchrun underneath) with the Accelerator created with cpu=True,
+which `ulmr-bench unlearn --device cpu` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(out: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "ulmr", "unlearn", "--method", "ga",
+               "--model", "tiny-random", "--benchmark", "tofu", "--data-dir", str(data_dir), "--output", str(out),
+               "--set", "max_steps=2", "--set", "batch_size=2", "--set", "grad_accum=1", *extra]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_train_on_disjoint_shards_and_save_one_checkpoint(tmp_path, data_dir, tiny_path):
+    import torch
+
+    from ulmr.models import load_model
+
+    out = tmp_path / "unlearned"
+    proc = _launch(out, data_dir, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "unlearn.json").read_text())
+    # 2 steps x 1 micro-batch x 2 items on each process: 4 distinct items each, none on both
+    assert record["steps"] == 2 and record["forget_items_per_process"] == [4, 4]
+    assert record["forget_items_shared"] == 0
+    assert proc.stdout.count("checkpoint:") == 1  # written by the main process only
+    model, _ = load_model(str(out), dtype="fp32", device="cpu")
+    original, _ = load_model(tiny_path, dtype="fp32", device="cpu")
+    assert not torch.equal(model.lm_head.weight, original.lm_head.weight)
+    assert not [p for p in tmp_path.iterdir() if p.name != "unlearned"]  # no temporary folder left
+
+
+def test_processes_that_do_not_form_a_group_never_train_alone(tmp_path, data_dir):
+    """Without --device cpu on a machine without GPUs, accelerate used to make each process its own
+    single-process run: both trained on all the data and wrote the same checkpoint. Now that stops
+    with a one-line error (or, once the CLI creates its Accelerator with cpu=True by itself, it is a
+    proper two-process run)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a machine with GPUs forms the group on them")
+    out = tmp_path / "unlearned"
+    proc = _launch(out, data_dir)
+    if proc.returncode == 0:
+        assert json.loads((out / "unlearn.json").read_text())["forget_items_per_process"] == [4, 4]
+        return
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors and all("2 processes were launched but accelerate set up 1 per run" in e for e in errors)
+    assert not out.exists()
