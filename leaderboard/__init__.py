@@ -2,9 +2,13 @@
 
     load_results(results_dir)         the result JSONs, and the files skipped      (loading.py)
     aggregate(results)                one Table per (benchmark, model, selection):  (tables.py)
-                                      forget quality, mean ± spread, best per column
+                                      forget quality, mean ± spread (q: SE over questions,
+                                      uncertainty.py), best per column where separated,
+                                      what each method optimised; averages over single-unit
+                                      selections (RWKU targets)
     render_markdown(tables, skipped)  the text of leaderboard.md                    (markdown.py)
     plot(table, path)                 one table's trade-off scatter (PNG)           (plot.py)
+    alpha_plot(table, path)           its averaging methods' alpha curves (PNG)     (plot.py)
     build_leaderboard(results_dir, output_dir)   all of the above, written to output_dir
 """
 
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from leaderboard.loading import SkippedFile, load_results
 from leaderboard.markdown import render_markdown
-from leaderboard.plot import plot, plot_filename
+from leaderboard.plot import alpha_plot, alpha_plot_filename, plot, plot_filename
 from leaderboard.tables import Table, aggregate
 from ulmr.errors import UlmrError
 
@@ -44,8 +48,8 @@ def build_leaderboard(results_dir: str | Path, output_dir: str | Path) -> BuiltL
     markdown_path.write_text(render_markdown(tables, skipped), encoding="utf-8")
     files = [markdown_path]
     for table in tables:
-        name = plot_filename(table)
-        if name:
-            plot(table, output_dir / name)
-            files.append(output_dir / name)
+        for name, draw in ((plot_filename(table), plot), (alpha_plot_filename(table), alpha_plot)):
+            if name:
+                draw(table, output_dir / name)
+                files.append(output_dir / name)
     return BuiltLeaderboard(files, skipped)

@@ -1,4 +1,10 @@
-"""Reading a results directory: every *.json in the result schema, and why any other was skipped."""
+"""Reading a results directory: every *.json in the result schema, and why any other was skipped.
+
+Each result read also gets its per-doc values, under PER_DOC_FIELD (not a stored field): the
+benchmark plug-in's `per_doc_values` of the lm-eval sample records stored beside it
+(`samples_file`, JSON Lines), for the bootstrap over docs; None where no samples file is there or
+it cannot be read.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ TUNE_FOLDER = "tune"
 # field -> type every stored result must have; they place it in a table row
 REQUIRED_FIELDS = {"benchmark": str, "selection": str, "model": str, "method": str, "seed": int, "status": str}
 STATUSES = ("ok", "failed")
+# where load_results puts each result's per-doc values ({key: [value per doc]}, or None)
+PER_DOC_FIELD = "per_doc_values"
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,28 @@ def load_results(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[Sk
             skipped.append(SkippedFile(relative, f"same run as {first_path_of_run[run]}"))
             continue
         first_path_of_run[run] = relative
+        result[PER_DOC_FIELD] = _per_doc_values(path, result) if result["status"] == "ok" else None
         results.append(result)
     return results, skipped
+
+
+def _per_doc_values(path: Path, result: dict[str, Any]) -> dict[str, list[float]] | None:
+    """The plug-in's per-doc values of the samples stored beside the result at `path`, or None when
+    there are none (not stored, or unreadable: the leaderboard then falls back to stored errors)."""
+    name = result.get("samples_file")
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        return None
+    samples_path = path.parent / name
+    samples: dict[str, list] = {}
+    try:
+        with open(samples_path, encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    record = json.loads(line)
+                    samples.setdefault(record.pop("task"), []).append(record)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
+    return get_benchmark(result["benchmark"]).per_doc_values(samples) or None
 
 
 def _read_result(path: Path) -> dict[str, Any]:

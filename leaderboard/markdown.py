@@ -7,22 +7,35 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from leaderboard.loading import SkippedFile
-from leaderboard.plot import plot_filename
-from leaderboard.tables import REFERENCE_METHODS, Cell, Table, better
-from ulmr.benchmarks.registry import CLOSEST_TO_BEFORE, HIGHER, LOWER
+from leaderboard.plot import alpha_plot_filename, plot_filename
+from leaderboard.tables import (BOOTSTRAP, BUDGET_FIELDS, NO_ERRORS, REFERENCE_METHODS, STORED, Cell, Table,
+                                better)
+from leaderboard.uncertainty import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from ulmr.benchmarks.registry import (CLOSEST_TO_BEFORE, CLOSEST_TO_HALF, CLOSEST_TO_REFERENCE, HIGHER, LOWER,
+                                      get_benchmark)
 
-LEGEND = ("Cells: mean ± sample standard deviation over seeds (n − 1 denominator); a single value where "
-          "a row has one seed; n/a where no run produced the metric. **Bold**: the best unlearning method "
-          f"per column (the {', '.join(REFERENCE_METHODS)} rows are references, never bold; base is the "
-          "untouched model on the forget probes only); each table's notes say which way its columns "
-          "are better.")
+LEGEND = ("Cells: mean ± sample standard deviation over seeds (n − 1 denominator), then (q …): the standard "
+          "error over questions, the mean over the row's seeds of each run's. q is a bootstrap over the docs a "
+          f"run scored ({BOOTSTRAP_RESAMPLES} resamples with replacement, seed {BOOTSTRAP_SEED}, from the "
+          "per-sample records stored beside each result), or, where those are not stored, the standard error "
+          "lm-eval stored for a mean column; each table's notes say which. One seed: no ±; no q: unknown; n/a: "
+          "no run produced the metric. **Bold**: the best unlearning method in a column, only where it is "
+          "separated from every other one: its 95 % interval, mean ± 1.96 × SE with SE = √(spread² / seeds + "
+          "q²), lies wholly on the better side of each other method's (for a \"closest to\" column, the "
+          "interval of the distance). q is not divided by the seeds: every seed is scored on the same "
+          "questions. Not bold: the best is within the others' uncertainty, or a compared row lacks a term of "
+          "its SE (one seed, or no q): no separation is claimed without both. "
+          f"The {', '.join(REFERENCE_METHODS)} rows are references, never bold; base is the untouched model on "
+          "the forget probes only. Each table's notes say which way its columns are better, and why.")
 DIRECTION_LEADS = {HIGHER: "Higher is better", LOWER: "Lower is better",
-                   CLOSEST_TO_BEFORE: "Closest to the before row is better", None: "Not ranked"}
+                   CLOSEST_TO_BEFORE: "Closest to the before row is better",
+                   CLOSEST_TO_HALF: "Closest to 0.5 is better",
+                   CLOSEST_TO_REFERENCE: "Closest to the {reference} row is better", None: "Not ranked"}
 
 
 def render_markdown(tables: list[Table], skipped: list[SkippedFile]) -> str:
-    """The whole leaderboard: a legend, then per table its rows, failed runs, plot and notes, then
-    the files that were skipped."""
+    """The whole leaderboard: a legend, then per table its summary, its full columns in groups, what
+    each method optimised, failed runs, plots and notes, then the files that were skipped."""
     lines = ["# ulmr-bench leaderboard", "", LEGEND, ""]
     for table in tables:
         lines += _section(table)
@@ -36,20 +49,43 @@ def format_number(value: float) -> str:
     return f"{value:#.4g}"
 
 
+def format_error(value: float) -> str:
+    """An uncertainty: two significant digits."""
+    return f"{value:#.2g}"
+
+
 def format_cell(cell: Cell | None) -> str:
     if cell is None:
         return "n/a"
     text = format_number(cell.mean)
-    return text if cell.spread is None else f"{text} ± {format_number(cell.spread)}"
+    if cell.spread is not None:
+        text += f" ± {format_error(cell.spread)}"
+    if cell.question_se is not None:
+        text += f" (q {format_error(cell.question_se)})"
+    return text
 
 
 def _section(table: Table) -> list[str]:
-    title = f"{table.benchmark.upper()} {table.selection} | {table.model}"
+    title = table.title
     lines = [f"## {title}", ""]
     if table.rows:
-        lines += _table_lines(table) + [""]
+        if table.summary_columns:
+            lines += ["**Summary**", "", *_table_lines(table, table.summary_columns), ""]
+        lines += ["**All columns**" if len(table.groups) == 1 else "**All columns**, by group:", ""]
+        for group, columns in table.groups:
+            if len(table.groups) > 1:
+                lines += [f"*{group}*", ""]
+            lines += _table_lines(table, columns) + [""]
     else:
         lines += ["No successful runs.", ""]
+    if table.budgets:
+        lines += ["**What each method optimised** (its results' `unlearning` records: the retain loss when "
+                  "its weight is above 0, the optimiser steps, examples and tokens trained on; a range is "
+                  "over seeds; n/a: not recorded)", ""]
+        headers = ["Method"] + [header for header, _ in BUDGET_FIELDS]
+        lines += ["| " + " | ".join(headers) + " |", "| :--- | :--- " + "| ---: " * (len(headers) - 2) + "|"]
+        lines += ["| " + " | ".join([method, *texts]) + " |" for method, texts in table.budgets]
+        lines.append("")
     if table.failed:
         lines += ["Failed runs:", ""]
         lines += [f"- {r['method']} seed {r['seed']}: {_first_line(r.get('error'))}" for r in table.failed]
@@ -57,17 +93,32 @@ def _section(table: Table) -> list[str]:
     plot_name = plot_filename(table)
     if plot_name:
         lines += [f"![{title}: forget efficacy vs utility]({plot_name})", ""]
-    lines += ["Notes:", "", f"- {_directions_note(table)}", *(f"- {note}" for note in table.notes)]
+    alpha_name = alpha_plot_filename(table)
+    if alpha_name:
+        lines += [f"![{title}: validation scores over the averaging weight alpha]({alpha_name})", ""]
+    lines += ["Notes:", "", f"- {_directions_note(table)}",
+              *(f"- {note}" for note in get_benchmark(table.benchmark).column_notes),
+              f"- {_errors_note(table)}", *(f"- {note}" for note in table.notes)]
+    if plot_name:
+        lines.append("- Plot: error bars are the 95 % intervals of the bolding rule (± 1.96 × SE); reference "
+                     "rows are drawn in black with their own markers, the before row's values as dashed "
+                     "lines and the retain row's as dotted ones.")
+    if alpha_name:
+        lines.append("- Alpha plot: each averaged method's validation scores at every alpha its choice tried "
+                     "(`unlearning.averaging`: `curve`, else `table`), the mean over seeds, and the alphas "
+                     "chosen marked.")
     lines += ["- Provenance:", *(f"  - {line}" for line in _provenance_lines(table.results)), ""]
     return lines
 
 
-def _table_lines(table: Table) -> list[str]:
-    headers = ["Method", "Seeds"] + [header for _, header in table.columns]
+def _table_lines(table: Table, columns: list[tuple[str, str]]) -> list[str]:
+    seeds_header = f"{get_benchmark(table.benchmark).selection_unit}s × seeds" if table.averaged_over else "Seeds"
+    headers = ["Method", seeds_header] + [header for _, header in columns]
     lines = ["| " + " | ".join(headers) + " |", "| :--- " + "| ---: " * (len(headers) - 1) + "|"]
     for row in table.rows:
-        cells = [row.method, str(len(row.seeds))]
-        for key, _ in table.columns:
+        runs = f"{len(table.averaged_over)} × {len(row.seeds)}" if table.averaged_over else str(len(row.seeds))
+        cells = [row.method, runs]
+        for key, _ in columns:
             text = format_cell(row.cells.get(key))
             cells.append(f"**{text}**" if row.method in table.best.get(key, []) else text)
         lines.append("| " + " | ".join(cells) + " |")
@@ -76,11 +127,36 @@ def _table_lines(table: Table) -> list[str]:
 
 def _directions_note(table: Table) -> str:
     """Which way each column is better, from each benchmark plug-in's `directions`."""
+    bench = get_benchmark(table.benchmark)
     headers_by_direction = defaultdict(list)
-    for key, header in table.columns:
-        headers_by_direction[better(table.benchmark, key)].append(header)
-    return " ".join(f"{lead}: {', '.join(headers_by_direction[direction])}."
+    headers = dict(table.columns) | dict(table.summary_columns)
+    for key in table.keys():
+        headers_by_direction[better(table.benchmark, key)].append(headers[key])
+    return " ".join(f"{lead.format(reference=bench.reference_role)}: {', '.join(headers_by_direction[direction])}."
                     for direction, lead in DIRECTION_LEADS.items() if headers_by_direction[direction])
+
+
+def _errors_note(table: Table) -> str:
+    """Where the table's q values came from, and which columns have none."""
+    sources = table.error_sources
+    parts = []
+    if sources.get(BOOTSTRAP):
+        parts.append(f"{sources[BOOTSTRAP]} run(s) by the bootstrap over their stored samples")
+    if sources.get(STORED):
+        parts.append(f"{sources[STORED]} run(s) from lm-eval's stored standard error of the mean (their "
+                     "samples are not beside them; for a mean, the bootstrap's SE up to a factor √(n/(n−1)))")
+    if sources.get(NO_ERRORS):
+        parts.append(f"{sources[NO_ERRORS]} run(s) with neither")
+    text = "Standard errors over questions (q): " + ("; ".join(parts) if parts else "no runs") + "."
+    headers = dict(table.columns) | dict(table.summary_columns)
+    methods = [row for row in table.rows if row.method not in REFERENCE_METHODS]
+    without = [headers[key] for key in table.keys()
+               if any(key in row.cells for row in methods)
+               and all(row.cells[key].question_se is None for row in methods if key in row.cells)]
+    if without:
+        text += (f" No q for {', '.join(without)}: no per-doc values or stored errors give one, so these "
+                 "columns have no bold.")
+    return text
 
 
 def _slice(eval_record: dict[str, Any]) -> str:

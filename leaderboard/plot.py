@@ -1,48 +1,149 @@
-"""The trade-off plot of a table: forget efficacy (x, right = more forgotten) against utility (y),
-one labelled point per row, error bars for the spread over seeds. Same table, same PNG bytes."""
+"""The plots of a table. Same table, same PNG bytes.
+
+plot: the trade-off scatter, forget efficacy (x, right = more forgotten) against utility (y), one
+labelled point per row with the 95 % intervals of the bolding rule as error bars; reference rows
+in black with their own markers, the before row's values as dashed lines, the retain row's dotted.
+
+alpha_plot: for methods that average their weights with the original ones (ULMR), the validation
+scores at each alpha the choice tried (`unlearning.averaging.curve`, else `.table`), mean over seeds,
+the chosen alphas marked; only for tables whose results record such a curve.
+"""
 
 from __future__ import annotations
 
-import re
+from collections import defaultdict
 from pathlib import Path
+from statistics import fmean
+from typing import Any
 
-from leaderboard.tables import Table
+from leaderboard.tables import REFERENCE_METHODS, Table
+from leaderboard.uncertainty import Z_95
 from ulmr.benchmarks.registry import Axis, get_benchmark
 
-
 FIGURE_SIZE, DPI = (6.4, 4.8), 100
+# reference rows: marker and the line style of their values across the plot (None: no lines)
+REFERENCE_STYLES = {"base": ("^", None), "before": ("s", "--"), "retain": ("D", ":")}
+# the alpha plot shows at most this many scores (one panel each)
+MAX_ALPHA_PANELS = 4
 
 
 def plot_filename(table: Table) -> str | None:
     """The PNG's file name, or None when no row has both axes (nothing to plot)."""
     if _axes(table) is None:
         return None
-    slug = "-".join((table.benchmark, table.selection, table.model))
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", slug) + ".png"
+    return table.slug + ".png"
+
+
+def alpha_plot_filename(table: Table) -> str | None:
+    """The alpha plot's file name, or None when no result records an alpha curve."""
+    return table.slug + "-alpha.png" if _alpha_curves(table) else None
 
 
 def plot(table: Table, path: str | Path) -> None:
     """Write the table's trade-off scatter to `path` (PNG); the table must have something to plot."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     x_axis, y_axis = _axes(table)
-    figure = Figure(figsize=FIGURE_SIZE, dpi=DPI)
-    FigureCanvasAgg(figure)
-    ax = figure.add_subplot()
+    figure, ax = _figure()
     for row in table.rows:
         if x_axis.key not in row.cells or y_axis.key not in row.cells:
             continue
         x, y = row.cells[x_axis.key], row.cells[y_axis.key]
         x_mean = 1 - x.mean if x_axis.flipped else x.mean
-        ax.errorbar(x_mean, y.mean, xerr=x.spread, yerr=y.spread, fmt="o", capsize=3)
-        ax.annotate(row.method, (x_mean, y.mean), textcoords="offset points", xytext=(5, 5), fontsize=9)
+        reference = REFERENCE_STYLES.get(row.method) if row.method in REFERENCE_METHODS else None
+        marker, line = reference or ("o", None)
+        color = "black" if reference else None
+        ax.errorbar(x_mean, y.mean, xerr=_half_width(x.uncertainty), yerr=_half_width(y.uncertainty), fmt=marker,
+                    capsize=3, color=color, markerfacecolor="white" if reference else None, zorder=3)
+        ax.annotate(row.method, (x_mean, y.mean), textcoords="offset points", xytext=(5, 5), fontsize=9,
+                    color=color or "0.15", fontweight="bold" if reference else "normal")
+        if line:
+            ax.axvline(x_mean, color="black", linestyle=line, linewidth=0.9, alpha=0.6, zorder=1)
+            ax.axhline(y.mean, color="black", linestyle=line, linewidth=0.9, alpha=0.6, zorder=1)
     if x_axis.log:
         ax.set_xscale("log")
     ax.set_xlabel(x_axis.label)
     ax.set_ylabel(y_axis.label)
-    ax.set_title(f"{table.benchmark.upper()} {table.selection} | {table.model}", fontsize=10)
+    ax.set_title(table.title, fontsize=10)
     ax.grid(True, alpha=0.3)
+    _save(figure, path)
+
+
+def alpha_plot(table: Table, path: str | Path) -> None:
+    """Write the table's alpha curves to `path` (PNG); the table must have some."""
+    curves = _alpha_curves(table)
+    scores = sorted({key for points, _ in curves.values() for point in points.values() for key in point},
+                    key=lambda key: (key != "score", key))[:MAX_ALPHA_PANELS]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = 1 if len(scores) == 1 else 2
+    rows = (len(scores) + columns - 1) // columns
+    figure = Figure(figsize=(FIGURE_SIZE[0], 2.4 * rows + 0.6), dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).flatten()
+    for ax, score in zip(axes, scores):
+        for method, (points, chosen) in curves.items():
+            alphas = sorted(alpha for alpha, point in points.items() if score in point)
+            if not alphas:
+                continue
+            values = [fmean(points[alpha][score]) for alpha in alphas]
+            (line,) = ax.plot(alphas, values, marker=".", label=method)
+            picked = [(alpha, fmean(points[alpha][score])) for alpha in chosen if score in points.get(alpha, {})]
+            if picked:
+                ax.plot(*zip(*picked), linestyle="none", marker="o", markersize=8, markerfacecolor="none",
+                        color=line.get_color())
+        ax.set_title(score, fontsize=9)
+        ax.set_xlabel("alpha", fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=8)
+    for ax in axes[len(scores):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(f"{table.title}: validation scores over alpha (circles: chosen)", fontsize=9)
+    _save(figure, path)
+
+
+def _alpha_curves(table: Table) -> dict[str, tuple[dict[float, dict[str, list[float]]], list[float]]]:
+    """method -> ({alpha: {score: [value per seed]}}, [chosen alpha per seed]), for the ok results of
+    unlearning methods whose `unlearning.averaging` has a curve of at least two alphas."""
+    curves: dict[str, tuple[dict[float, dict[str, list[float]]], list[float]]] = {}
+    for result in table.results:
+        if result["status"] != "ok" or result["method"] in REFERENCE_METHODS:
+            continue
+        averaging = (result.get("unlearning") or {}).get("averaging")
+        if not isinstance(averaging, dict):
+            continue
+        points = averaging.get("curve") or averaging.get("table")
+        if not isinstance(points, list) or len(points) < 2:
+            continue
+        by_alpha, chosen = curves.setdefault(result["method"], (defaultdict(lambda: defaultdict(list)), []))
+        for point in points:
+            if isinstance(point, dict) and _number(point.get("alpha")):
+                for key, value in point.items():
+                    if key != "alpha" and _number(value):
+                        by_alpha[float(point["alpha"])][key].append(float(value))
+        if _number(averaging.get("alpha")):
+            chosen.append(float(averaging["alpha"]))
+    return {method: (points, chosen) for method, (points, chosen) in sorted(curves.items()) if points}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _half_width(uncertainty: float | None) -> float | None:
+    return None if uncertainty is None else Z_95 * uncertainty
+
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=FIGURE_SIZE, dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _save(figure, path: str | Path) -> None:
     figure.tight_layout()
     # no Software entry: the PNG's bytes then depend on the table alone
     figure.savefig(path, format="png", metadata={"Software": None})

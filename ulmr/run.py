@@ -67,8 +67,11 @@ def run(profile: Profile, results_dir: str | Path, data_dir: str | None = None, 
     summary = RunSummary()
     started = time.time()
     for benchmark in profile.benchmarks:
-        runner = BenchmarkRun(profile, benchmark, template, Path(results_dir), data_dir, backend, echo, summary)
-        runner.run_all()
+        # one plan, or one per unit of the selection when the plan asks (RWKU's per_target)
+        for plan in get_benchmark(benchmark).plans_to_run(profile.plan(benchmark), data_dir):
+            runner = BenchmarkRun(profile, benchmark, template, Path(results_dir), data_dir, backend, echo, summary,
+                                  plan=plan)
+            runner.run_all()
     echo(f"\nrun finished in {time.time() - started:.0f} s\n{summary.format()}")
     return summary
 
@@ -88,11 +91,11 @@ class BenchmarkRun:
     RunContext a benchmark plug-in prepares with (ulmr.benchmarks.registry)."""
 
     def __init__(self, profile: Profile, benchmark: str, template: PromptTemplate, results_dir: Path,
-                 data_dir, backend: str, echo: Echo, summary: RunSummary):
+                 data_dir, backend: str, echo: Echo, summary: RunSummary, plan=None):
         self.profile, self.benchmark, self.template = profile, benchmark, template
         self.bench = get_benchmark(benchmark)
         self.model = profile.model
-        self.plan = profile.plan(benchmark)
+        self.plan = plan if plan is not None else profile.plan(benchmark)
         self.selection = self.plan.selection
         self.data_dir, self.echo, self.summary = data_dir, echo, summary
         self.model_identity = {k: v for k, v in model_identity(profile.model).items() if k != "source"}

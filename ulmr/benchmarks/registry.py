@@ -9,7 +9,10 @@ the leaderboard loop over registered benchmarks without naming any:
                    become the benchmark's flat metrics
     unlearning     the UnlearningData that methods train on (never an evaluation doc)
     preparation    the model unlearning starts from, the reference rows and the knowledge gate
-    presentation   table columns, each column's better direction, the trade-off plot's axes
+    presentation   table columns, each column's better direction, the summary columns and the full
+                   table's groups, the trade-off plot's axes, how a column's per-doc values are
+                   read from lm-eval's samples (for the leaderboard's bootstrap over docs), and how
+                   its selections read and combine (RWKU: one target each, averaged over targets)
 
 Built-in benchmarks (ulmr/benchmarks/tofu.py, rwku.py) register through the `ulmr_bench.benchmarks`
 entry-point group (pyproject.toml), as a third-party package would; `@register_benchmark` adds one
@@ -22,7 +25,7 @@ import abc
 import functools
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
@@ -30,8 +33,10 @@ from ulmr.unlearning.interface import UnlearningData
 
 ENTRY_POINT_GROUP = "ulmr_bench.benchmarks"
 
-# A column's better direction, for ranking and bolding on the leaderboard.
+# A column's better direction, for ranking and bolding on the leaderboard. CLOSEST_TO_REFERENCE: to
+# the row of the benchmark's `reference_role` (TOFU: the retain model, which never saw the forget set).
 HIGHER, LOWER, CLOSEST_TO_BEFORE, CLOSEST_TO_HALF = "higher", "lower", "closest to before", "closest to 0.5"
+CLOSEST_TO_REFERENCE = "closest to the reference"
 
 
 @dataclass
@@ -116,6 +121,22 @@ class Axis:
     log: bool = False
 
 
+@dataclass(frozen=True)
+class DocStatistic:
+    """A column that is not the mean of one list of per-doc values (TOFU's model utility, an AUROC):
+    how to compute it from the per-doc lists of `Benchmark.per_doc_values`, so that the
+    leaderboard's bootstrap can recompute it on resampled docs.
+
+    strata: groups of per_doc_values keys. The lists of one group are aligned (the same docs in the
+        same order) and are resampled with one set of indices; groups are resampled independently,
+        each keeping its size (e.g. FM and RM texts: an AUROC always sees both).
+    compute: the column from the (resampled) lists, keyed as in per_doc_values.
+    """
+
+    strata: tuple[tuple[str, ...], ...]
+    compute: Callable[[dict[str, Sequence[float]]], float]
+
+
 class Benchmark(abc.ABC):
     """Base of every benchmark plug-in; see the module docstring for what it owns."""
 
@@ -138,6 +159,20 @@ class Benchmark(abc.ABC):
     reference_role: ClassVar[str | None] = None
     reference_columns: ClassVar[tuple[str, ...]] = ()
     reference_note: ClassVar[str] = ""
+    # the leaderboard's summary table above the full one: (metric key, header); a key may be one of
+    # `derived_metrics` rather than a column
+    summary_columns: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # the full table split into readable tables: (title, column keys); empty: by `column_groups`
+    table_groups: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]] = ()
+    # notes on the columns for the leaderboard (why a direction, why a column has no per-doc error)
+    column_notes: ClassVar[tuple[str, ...]] = ()
+    # columns computed from per-doc values other than as a mean (see DocStatistic)
+    doc_statistics: ClassVar[dict[str, DocStatistic]] = {}
+    # what one unit of a selection is called, when single-unit selections can be averaged into one
+    # table (RWKU: "target", its main protocol); None: selections are never averaged
+    selection_unit: ClassVar[str | None] = None
+    # how the single-unit selections were run, for the averaged table's notes
+    unit_note: ClassVar[str] = ""
 
     # ---- evaluation ------------------------------------------------------------------------
 
@@ -188,6 +223,42 @@ class Benchmark(abc.ABC):
         before = PreparedModel(resolve_model(run.model), {})
         run.reference_row("before", before.path, before.record)
         return Preparation(before, None)
+
+    # ---- presentation ----------------------------------------------------------------------
+
+    def derived_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Metrics computed from a result's own metrics (e.g. a mean of several columns), for the
+        summary table; the leaderboard recomputes them for every stored result."""
+        return {}
+
+    def per_doc_values(self, samples: dict[str, list]) -> dict[str, list[float]]:
+        """(per-task lm-eval sample records) -> {key: one value per doc}. A column key's list is the
+        values whose mean the column is; other keys feed `doc_statistics`. The leaderboard reads the
+        samples stored beside each result and bootstraps over these docs."""
+        return {}
+
+    def reference_per_doc_values(self, result: dict[str, Any], reference: dict[str, Any]) -> dict[str, list[float]]:
+        """Per-doc values that the `doc_statistics` of `reference_columns` need, from a result and the
+        `reference_role` row's result it is measured against (what the results themselves store)."""
+        return {}
+
+    def stored_standard_errors(self, result: dict[str, Any]) -> dict[str, float]:
+        """{column key: standard error over docs} from what the result itself stores (lm-eval's
+        stderr of a mean), for results whose samples are not stored beside them."""
+        return {}
+
+    def is_single_unit(self, selection: str) -> bool:
+        """Whether a selection is one unit (RWKU: one target), averageable with the others."""
+        return False
+
+    def selection_title(self, selection: str) -> str:
+        """How a selection reads in a leaderboard heading."""
+        return selection
+
+    def plans_to_run(self, plan: BenchmarkPlan, data_dir: str | None = None) -> list[BenchmarkPlan]:
+        """The plans a run goes through for this benchmark's section: the plan itself, or one per
+        unit when the plan asks for them separately (RWKU's per_target)."""
+        return [plan]
 
     def direction(self, key: str) -> str | None:
         """A column's better direction; None for a column `directions` does not cover (never bold)."""

@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ulmr.benchmarks.registry import (CLOSEST_TO_BEFORE, HIGHER, LOWER, Axis, Benchmark, BenchmarkPlan,
-                                      Preparation, PreparedModel, RunContext, register_benchmark)
+from ulmr.benchmarks.registry import (CLOSEST_TO_BEFORE, CLOSEST_TO_HALF, HIGHER, LOWER, Axis, Benchmark,
+                                      BenchmarkPlan, DocStatistic, Preparation, PreparedModel, RunContext,
+                                      register_benchmark)
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
 from ulmr.unlearning.interface import Example, UnlearningData
@@ -53,8 +54,10 @@ COLUMNS = [(key, header) for key, header, _, _ in TABLE]
 COLUMN_GROUPS = ("Forget", "Neighbor", "MIA", "Utility")
 
 
-# the `rwku` group's parts, evaluated by name so that each can take its own doc limit
-RWKU_GROUPS = ("rwku_forget", "rwku_neighbor", "rwku_mia", "rwku_utility")
+# the utility mean of the summary table: the four utility scores on [0, 1] (Flu, an entropy, is not)
+UTILITY_MEAN_INPUTS = ("utility_gen", "utility_rea", "utility_tru", "utility_fac")
+# the pooled columns (lm-eval groups): their docs are those of their parts
+POOLED = {"forget_all": ("forget_fb", "forget_qa", "forget_aa"), "neighbor_all": ("neighbor_fb", "neighbor_qa")}
 # RWKU retain corpus: the synthetic texts of this many targets after the forgotten ones.
 RETAIN_TARGETS = 2
 
@@ -64,6 +67,9 @@ class RwkuPlan(BenchmarkPlan):
     """RWKU: which targets, whether to inject their knowledge first, the gate.
 
     targets: an index (1), a range (1-10), a list (1,5) or a name.
+    per_target: unlearn each target separately from the same model (RWKU's main protocol; results
+        under rwku-1, rwku-2, ..., averaged over targets on the leaderboard); false: the batch
+        setting, all targets unlearned at once (results under rwku-<targets>).
     inject: "auto" (inject when the base model's forget All is below inject_below), true, false.
     inject_below: the forget All ROUGE-L recall under which a model counts as not knowing the targets.
     inject_passages: how many of each target's Wikipedia passages (the first ones: the lead) the
@@ -74,6 +80,7 @@ class RwkuPlan(BenchmarkPlan):
     """
 
     targets: str = "1"
+    per_target: bool = False
     inject: bool | str = "auto"
     inject_below: float = 0.2
     inject_passages: int | None = 12
@@ -99,10 +106,37 @@ class Rwku(Benchmark):
         ("forget_", LOWER),
         ("neighbor_", HIGHER),
         ("utility_", HIGHER),
-        ("mia_fm", HIGHER),  # forget-member loss rises when forgotten
+        ("mia_fm", HIGHER),  # forget-member loss rises when forgotten (RWKU's convention)
         ("mia_rm", CLOSEST_TO_BEFORE),  # retain-member loss should not move
-        ("mia_auroc", LOWER),  # P(RM loss > FM loss): falls as FM losses rise
+        ("mia_auroc", CLOSEST_TO_HALF),  # P(RM loss > FM loss): an attack's advantage is |AUROC - 0.5|
     )
+    column_notes = (
+        "MIA AUROC (and its zlib and Min-K% variants) is closest to 0.5. It is P(RM loss > FM loss), and an "
+        "attack's advantage is |AUROC - 0.5| on either side (below 0.5 the attacker flips the threshold). "
+        "The ideal is the AUROC of a model that never learned the target. When the target's knowledge "
+        "was injected (preparation.injected), that is the model before injection, which had no reason to "
+        "know the FM texts (the target's Wikipedia passages) better than the RM texts (other people's): "
+        "about 0.5. "
+        "Well below 0.5, the FM texts have become less likely than comparable text, over-unlearning, "
+        "which \"lower is better\" rewarded. Caveats: 0.5 stands for that model's AUROC, which is not "
+        "measured (the base row scores the forget probes only); for a model that knew the target from "
+        "pre-training (no injection) the ideal lies below 0.5, and this direction under-rates forgetting.",
+        "MIA FM stays higher is better (RWKU's convention): no model that never learned the target is "
+        "scored on the MIA texts to be closer to; the AUROC and MIA RM (closest to before) check that "
+        "the rise is specific to the forget texts.",
+    )
+    summary_columns = (("forget_all", "Forget All"), ("neighbor_all", "Neighbor All"), ("mia_auroc", "MIA AUROC"),
+                       ("utility_mean", "Utility mean (Gen, Rea, Tru, Fac)"))
+    doc_statistics = {
+        "mia_auroc": DocStatistic(strata=(("mia_fm",), ("mia_rm",)),
+                                  compute=lambda v: _auroc(v["mia_fm"], v["mia_rm"])),
+        "mia_auroc_zlib": DocStatistic(strata=(("mia_fm_zlib",), ("mia_rm_zlib",)),
+                                       compute=lambda v: _auroc(v["mia_fm_zlib"], v["mia_rm_zlib"])),
+        "utility_mean": DocStatistic(strata=tuple((key,) for key in UTILITY_MEAN_INPUTS),
+                                     compute=lambda v: _mean_of_means(v, UTILITY_MEAN_INPUTS)),
+    }
+    selection_unit = "target"
+    unit_note = "each target unlearned separately from the same model, RWKU's main protocol"
     trade_off_axes = ((Axis("forget_all", "1 - forget All (ROUGE-L recall)", flipped=True),),
                       Axis("neighbor_all", "neighbor All (ROUGE-L recall)"))
 
@@ -125,6 +159,72 @@ class Rwku(Benchmark):
             value = results.get(task, {}).get(f"{metric},none") if task else None
             metrics[key] = None if value is None or math.isnan(value) else float(value)
         return metrics, {}
+
+    # ---- presentation ----------------------------------------------------------------------
+
+    def derived_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """utility_mean: the mean of the four utility scores on [0, 1] (Gen, Rea, Tru, Fac; Flu is an
+        entropy on another scale); None unless all four are numbers."""
+        values = [metrics.get(key) for key in UTILITY_MEAN_INPUTS]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return {"utility_mean": None}
+        return {"utility_mean": sum(values) / len(values)}
+
+    def per_doc_values(self, samples: dict[str, list]) -> dict[str, list[float]]:
+        """Per-doc values from lm-eval's samples: each probe's ROUGE-L recall (the All columns pool
+        their parts' docs, as lm-eval's groups do), each MIA text's loss split into FM and RM, each
+        utility question's score. Min-K% is computed after lm-eval and has none."""
+        values: dict[str, list[float]] = {}
+        for key, _, task, metric in TABLE:
+            records = sorted(samples.get(task or "", []), key=lambda r: r.get("doc_id", 0))
+            if not records or task == "rwku_mia":
+                continue
+            if all(isinstance(r.get(metric), (int, float)) for r in records):
+                values[key] = [float(r[metric]) for r in records]
+        for pooled, parts in POOLED.items():
+            if all(part in values for part in parts):
+                values[pooled] = [v for part in parts for v in values[part]]
+        mia = sorted(samples.get("rwku_mia", []), key=lambda r: r.get("doc_id", 0))
+        for suffix, metric in (("", "fm_loss"), ("_zlib", "fm_zlib")):
+            pairs = [r.get(metric) for r in mia]
+            if pairs and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+                for member_set in ("FM", "RM"):
+                    values[f"mia_{member_set.lower()}{suffix}"] = [float(score) for s, score in pairs
+                                                                   if s == member_set]
+        return values
+
+    def stored_standard_errors(self, result: dict[str, Any]) -> dict[str, float]:
+        """lm-eval's stderr of each mean column (the MIA aggregations have none), and the utility
+        mean's from its four independent parts: sqrt(sum of squares) / 4."""
+        stored = result.get("lm_eval_results") or {}
+        errors = {}
+        for key, _, task, metric in TABLE:
+            value = stored.get(task or "", {}).get(f"{metric}_stderr,none")
+            if isinstance(value, (int, float)) and math.isfinite(value) and not key.startswith("mia_"):
+                errors[key] = float(value)
+        if all(key in errors for key in UTILITY_MEAN_INPUTS):
+            squares = sum(errors[key] ** 2 for key in UTILITY_MEAN_INPUTS)
+            errors["utility_mean"] = math.sqrt(squares) / len(UTILITY_MEAN_INPUTS)
+        return errors
+
+    def is_single_unit(self, selection: str) -> bool:
+        return selection.strip().isdigit()
+
+    def selection_title(self, selection: str) -> str:
+        if self.is_single_unit(selection):
+            return selection
+        return f"{selection} (batch setting: these targets unlearned at once)"
+
+    def plans_to_run(self, plan: "RwkuPlan", data_dir=None) -> list["RwkuPlan"]:
+        """per_target: one plan per target, each unlearning that target alone from the same model."""
+        from dataclasses import replace
+
+        from ulmr.data.rwku import resolve_targets
+
+        if not plan.per_target:
+            return [plan]
+        return [replace(plan, targets=str(target.index), per_target=False)
+                for target in resolve_targets(plan.targets, data_dir)]
 
     def scored_selection(self, samples: dict[str, list]) -> dict[str, Any]:
         """The targets whose docs were scored (with --limit, the first target's docs come first)."""
@@ -214,6 +314,18 @@ class Rwku(Benchmark):
             raise UlmrError(f"the base model scores forget All {value:.3f} < {plan.inject_below} on the "
                             "targets it should forget: it does not know them; inject their knowledge "
                             "(--set rwku.inject=true) or use a larger model")
+
+
+def _mean_of_means(values, keys) -> float:
+    import numpy as np
+
+    return float(np.mean([np.mean(values[key]) for key in keys]))
+
+
+def _auroc(forget: list[float], retain: list[float]) -> float:
+    from lm_eval_tasks.rwku.utils import loss_auroc
+
+    return loss_auroc(list(forget), list(retain))
 
 
 def min_k_metrics(lm, samples: dict[str, list]) -> dict[str, float | None]:

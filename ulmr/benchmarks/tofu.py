@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ulmr.benchmarks.registry import (HIGHER, LOWER, Axis, Benchmark, BenchmarkPlan, Preparation, RunContext,
-                                      register_benchmark)
+from ulmr.benchmarks.registry import (CLOSEST_TO_REFERENCE, HIGHER, LOWER, Axis, Benchmark, BenchmarkPlan,
+                                      DocStatistic, Preparation, RunContext, register_benchmark)
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
 from ulmr.unlearning.interface import Example, UnlearningData
@@ -21,6 +21,45 @@ from ulmr.unlearning.interface import Example, UnlearningData
 SUBSETS = (("forget", "Forget"), ("retain", "Retain"), ("real_authors", "Real authors"),
            ("world_facts", "World facts"))
 METRICS = (("prob", "Prob"), ("rougeL_recall", "ROUGE-L"), ("truth_ratio", "TR"))
+# model utility's nine inputs: every metric of every subset but the forget set
+UTILITY_INPUTS = tuple(f"{s}_{m}" for s, _ in SUBSETS[1:] for m, _ in METRICS)
+
+
+# KS p-values by (D * n * m, n, m): a p-value depends on nothing else, so the bootstrap of forget
+# quality computes each distinct one once
+_KS_P_VALUES: dict[tuple[int, int, int], float] = {}
+
+
+def _forget_quality_of(values) -> float:
+    """Forget quality of per-doc lists (DocStatistic.compute): the KS test's p-value between the run's
+    and the retain model's forget truth ratios."""
+    import warnings
+
+    import numpy as np
+
+    from ulmr.metrics import forget_quality
+
+    run = np.sort(np.asarray(values["forget_truth_ratio_r"], dtype=float))
+    reference = np.sort(np.asarray(values["reference_truth_ratio_r"], dtype=float))
+    n, m = run.size, reference.size
+    both = np.concatenate([run, reference])
+    # the KS statistic times n * m, exactly: the largest gap between the counts at or below each value
+    d = int(np.max(np.abs(np.searchsorted(run, both, side="right") * m
+                          - np.searchsorted(reference, both, side="right") * n)))
+    if (d, n, m) not in _KS_P_VALUES:
+        with warnings.catch_warnings():  # scipy says when its exact p-value falls back to the asymptotic one
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _KS_P_VALUES[(d, n, m)] = forget_quality(run.tolist(), reference.tolist())
+    return _KS_P_VALUES[(d, n, m)]
+
+
+def _model_utility_of(values) -> float:
+    """Model utility of per-doc lists (DocStatistic.compute): the harmonic mean of the nine means."""
+    import numpy as np
+
+    from ulmr.metrics import model_utility
+
+    return model_utility([float(np.mean(values[key])) for key in UTILITY_INPUTS])
 
 
 @dataclass
@@ -58,9 +97,39 @@ class Tofu(Benchmark):
     directions = (
         ("forget_quality", HIGHER),  # KS p-value: truth ratios look like the retain model's
         ("forget_truth_ratio", HIGHER),  # min(R, 1/R): 1 = paraphrase and perturbations alike
-        ("forget_", LOWER),  # Prob, ROUGE-L: the forget answers are gone
+        ("forget_prob", CLOSEST_TO_REFERENCE),  # a likelihood: below the retain model's is over-unlearning
+        ("forget_", LOWER),  # ROUGE-L: the forget answers are no longer generated
         ("", HIGHER),  # model utility; retain, real authors, world facts
     )
+    column_notes = (
+        "Forget Prob is closest to the retain row's: it is a likelihood, and one below what a model that "
+        "never saw the forget set gives is over-unlearning (the forget answers made less likely than "
+        "unseen text, which a membership test detects), which \"lower is better\" would reward.",
+        "Forget ROUGE-L stays lower is better (TOFU's convention): a generation below the retain model's "
+        "overlap, e.g. a refusal, reproduces none of the answer; its cost shows in the retain columns.",
+        "Forget TR is min(R, 1/R), at most 1 (true and false answers equally likely): higher is better.",
+        "Forget quality's q: the KS p-value recomputed on resampled forget questions, the same questions "
+        "for the run and the retain model (their truth ratios, stored in each result's per_question). "
+        "Model utility's q resamples each of its three subsets' questions (Prob, ROUGE-L and TR of a "
+        "question together).",
+    )
+    summary_columns = (("forget_quality", "Forget quality"), ("model_utility", "Model utility"),
+                       ("forget_rougeL_recall", "Forget ROUGE-L"), ("retain_rougeL_recall", "Retain ROUGE-L"))
+    table_groups = (
+        ("Forget set", ("forget_quality", "forget_prob", "forget_rougeL_recall", "forget_truth_ratio")),
+        ("Retain set and model utility", ("model_utility", "retain_prob", "retain_rougeL_recall",
+                                          "retain_truth_ratio")),
+        ("Real authors and world facts", tuple(f"{s}_{m}" for s in ("real_authors", "world_facts")
+                                              for m, _ in METRICS)),
+    )
+    # model utility: the retain, real-authors and world-facts docs resampled separately, each doc's
+    # Prob, ROUGE-L and TR together; forget quality: the forget questions, for the run and the retain
+    # model together (reference_per_doc_values)
+    doc_statistics = {
+        "model_utility": DocStatistic(strata=tuple(tuple(f"{s}_{m}" for m, _ in METRICS) for s, _ in SUBSETS[1:]),
+                                      compute=_model_utility_of),
+        "forget_quality": DocStatistic(strata=(("forget_truth_ratio_r", "reference_truth_ratio_r"),),
+                                       compute=_forget_quality_of)}
     trade_off_axes = ((Axis("forget_quality", "forget quality (KS p-value)", log=True),
                        Axis("forget_rougeL_recall", "1 - forget ROUGE-L recall", flipped=True)),
                       Axis("model_utility", "model utility"))
@@ -97,6 +166,37 @@ class Tofu(Benchmark):
         ratios = [question_stats(s["doc"], [float(r[0][0]) for r in s["resps"]])["truth_ratio_r"]
                   for s in forget_samples]
         return metrics, {"forget_truth_ratio": ratios}
+
+    def per_doc_values(self, samples: dict[str, list]) -> dict[str, list[float]]:
+        """Every subset column's per-question values (lm-eval's per-doc prob, truth_ratio and
+        rougeL_recall), in doc order, so that one subset's lists are aligned question by question."""
+        splits = [t.split("_")[1] for t in samples if t.startswith("tofu_forget") and "_forget_" in t]
+        values = {}
+        for subset, _ in SUBSETS:
+            for metric, _ in METRICS:
+                records = samples.get(_task_name(subset, metric, splits[0] if splits else ""), [])
+                if records and all(isinstance(r.get(metric), (int, float)) for r in records):
+                    values[f"{subset}_{metric}"] = [float(r[metric]) for r in sorted(records, key=_doc_id)]
+        return values
+
+    def reference_per_doc_values(self, result: dict[str, Any], reference: dict[str, Any]) -> dict[str, list[float]]:
+        """Both runs' per-question forget truth ratios R, in question order, for forget quality's bootstrap."""
+        ratios, reference_ratios = forget_truth_ratios(result), forget_truth_ratios(reference)
+        if not ratios or not reference_ratios:
+            return {}
+        return {"forget_truth_ratio_r": ratios, "reference_truth_ratio_r": reference_ratios}
+
+    def stored_standard_errors(self, result: dict[str, Any]) -> dict[str, float]:
+        """lm-eval's stderr of each subset column's mean (model utility and forget quality: none)."""
+        stored = result.get("lm_eval_results") or {}
+        errors = {}
+        for subset, _ in SUBSETS:
+            for metric, _ in METRICS:
+                value = stored.get(_task_name(subset, metric, str(result.get("selection"))), {}).get(
+                    f"{metric}_stderr,none")
+                if isinstance(value, (int, float)):
+                    errors[f"{subset}_{metric}"] = float(value)
+        return errors
 
     def reference_metrics(self, result: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
         """Forget quality: the KS test of the run's forget truth ratios against the retain model's
@@ -195,6 +295,10 @@ def tofu_training_rows(split: str, train_set: str, data_dir=None, max_items: int
 
 def _examples(rows: list[dict]) -> list[Example]:
     return [Example(answer=r["answer"], question=r["question"]) for r in rows]
+
+
+def _doc_id(record: dict[str, Any]) -> int:
+    return record.get("doc_id", 0)
 
 
 def _task_name(subset: str, metric: str, split: str) -> str:
