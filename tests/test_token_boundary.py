@@ -91,6 +91,24 @@ def test_positions_with_a_merging_tag_space(merging, boundary, first, masked):
                     "tofu": "Answer: The author Jane.<|im_end|>"}[boundary]
 
 
+@pytest.mark.parametrize("boundary, first, masked", [("answer", 9, ""), ("open-unlearning", 10, " The"),
+                                                     ("tofu", 7, "\n")])
+def test_positions_with_smollm2s_tokenizer(boundary, first, masked):
+    """The embedded model's tokenizer, where it is already built (never fetched here): "Question",
+    ":", " Who", " wrote", " it", "?", "\\n" (0-6), "Answer", ":" (7-8), " The" (9), " author",
+    " Jane", "." (10-12), EOS (13); the prompt alone ends in a lone " " (its 10th token)."""
+    from ulmr.models import cache_dir, load_tokenizer
+
+    folder = cache_dir() / "models" / "smollm2-135m"
+    if not (folder / "config.json").is_file():
+        pytest.skip("smollm2-135m is not built on this machine")
+    tokenizer = load_tokenizer(str(folder))
+    scored = _scored(tokenizer, "tags", boundary)
+    assert _positions(tokenizer, WHOLE_TAGS, scored) == range(first, 14)
+    assert scored.masked == masked
+    assert _as_lm_eval_scores_it(tokenizer, scored) == scored.scored_ids
+
+
 @pytest.mark.parametrize("boundary, first", [("answer", 32), ("open-unlearning", 32), ("tofu", 24)])
 def test_positions_with_the_byte_level_tokenizer(tiny, boundary, first):
     """Every byte is a token, so the tag's space never merges: open-unlearning scores what we do."""
