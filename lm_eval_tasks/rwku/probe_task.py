@@ -11,6 +11,8 @@ A separate module from utils.py so that the scorers there import without lm-eval
 
 from __future__ import annotations
 
+import importlib.util
+
 from lm_eval.api.task import ConfigurableTask
 
 from ulmr.errors import UlmrError
@@ -30,6 +32,10 @@ def probe_until(metadata: dict | None) -> list[str]:
 
 class ProbeTask(ConfigurableTask):
     def __init__(self, config: dict | None = None, **kwargs):
+        if importlib.util.find_spec("lm_eval.tasks._factory") is None:
+            # lm-eval's older task manager merged --metadata into YAML tasks only, not class-based ones
+            raise UlmrError("this lm-eval does not pass --metadata to class-based tasks such as RWKU's "
+                            "probes: upgrade lm-eval (0.4.13 does)")
         config = {key: value for key, value in (config or {}).items() if key != "class"}
         generation = dict(config.get("generation_kwargs") or {})
         generation["until"] = probe_until(config.get("metadata"))
