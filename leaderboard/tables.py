@@ -98,12 +98,19 @@ class Table:
         return columns + [key for key, _ in self.summary_columns if key not in columns]
 
 
+def model_label(result: dict[str, Any]) -> str:
+    """The model a result belongs to on the board, with the precision it was computed in when the
+    result records it: bf16 and fp32 runs of one model are separate tables, never averaged together."""
+    dtype = result.get("compute_dtype")
+    return f"{result['model']} {dtype}" if dtype else result["model"]
+
+
 def aggregate(results: list[dict[str, Any]]) -> list[Table]:
     """One table per (benchmark, model, selection), sorted by those (selections in natural order);
     before the single-unit tables of a (benchmark, model) with two or more, their average."""
     groups = defaultdict(list)
     for result in results:
-        groups[(result["benchmark"], result["model"], result["selection"])].append(result)
+        groups[(result["benchmark"], model_label(result), result["selection"])].append(result)
     order = sorted(groups, key=lambda group: (group[0], group[1], natural_key(group[2])))
     tables = [_table(*group, sorted(groups[group], key=lambda r: (r["method"], r["seed"]))) for group in order]
     out = []

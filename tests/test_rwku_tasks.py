@@ -8,6 +8,8 @@ import zlib
 
 import pytest
 import torch
+from lm_eval.api.model import LM
+from lm_eval.models.utils import handle_stop_sequences
 from rouge import Rouge
 
 from lm_eval_tasks import TASKS_PATH
@@ -42,6 +44,85 @@ def test_mmlu_prompt_is_rwkus():
         "Question: E?\nA. a\nB. b\nC. c\nD. d\nAnswer: C\n\n"
         "Please following the previous examples and answer the given question.\n"
         "Question: Q?\nA. w\nB. x\nC. y\nD. z</u>Answer:")
+
+
+PROBE_TASKS = ["rwku_forget_fb", "rwku_forget_qa", "rwku_forget_aa", "rwku_neighbor_fb", "rwku_neighbor_qa"]
+
+
+def _rwku_tasks(tiny_path, data_dir, names, **metadata):
+    """The lm-eval task objects of `names` (groups expanded), by task name."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    manager = TaskManager(include_path=str(TASKS_PATH), include_defaults=False,
+                          metadata={"tokenizer": tiny_path, "data_dir": str(data_dir), **metadata})
+
+    def leaves(tree):
+        for value in tree.values():
+            yield from leaves(value) if isinstance(value, dict) else [value]
+
+    return {task.config.task: task for task in leaves(get_task_dict(names, manager))}
+
+
+@pytest.mark.parametrize("metadata, until", [({}, []), ({"probe_stop": "eos"}, []),
+                                             ({"probe_stop": "newline"}, ["\n"])])
+def test_probes_stop_at_a_newline_only_when_asked(tiny_path, data_dir, metadata, until):
+    tasks = _rwku_tasks(tiny_path, data_dir, ["rwku_forget", "rwku_neighbor", "rwku_utility_fac"], **metadata)
+    for name in PROBE_TASKS:
+        assert tasks[name].config.generation_kwargs == {"until": until, "max_gen_toks": 30, "do_sample": False}
+        # the requests the model receives carry the same settings
+        tasks[name].build_all_requests(limit=1, rank=0, world_size=1)
+        assert tasks[name].instances[0].args[1]["until"] == until
+    # other generations never had a newline stop, and probe_stop leaves them alone
+    assert tasks["rwku_utility_fac"].config.generation_kwargs["until"] == []
+
+
+def test_unknown_probe_stop_is_refused(tiny_path, data_dir):
+    with pytest.raises(Exception, match="unknown probe_stop 'nl': use eos or newline"):
+        _rwku_tasks(tiny_path, data_dir, ["rwku_forget_fb"], probe_stop="nl")
+
+
+class ScriptedLM(LM):
+    """Answers every generation request with one text, stopped the way lm-eval's hf model and our fast
+    backend stop: at the request's `until` strings plus the tokenizer's EOS text, cut at the first."""
+
+    def __init__(self, text, eos="<|im_end|>"):
+        super().__init__()
+        self.text, self.eos = text, eos
+
+    def generate_until(self, requests, disable_tqdm=False):
+        texts = []
+        for request in requests:
+            text = self.text
+            for term in handle_stop_sequences(request.args[1].get("until"), eos=self.eos):
+                text = text.split(term)[0]
+            texts.append(text)
+        return texts
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        raise NotImplementedError
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("probe_stop, kept", [(None, "Stephen King\nwrote the novel Carrie"),
+                                              ("newline", "Stephen King")])
+def test_a_probe_generation_continues_past_a_newline(tiny_path, data_dir, probe_stop, kept):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    lm = ScriptedLM("Stephen King\nwrote the novel Carrie<|im_end|>\nUser: more")
+    metadata = {"tokenizer": tiny_path, "data_dir": str(data_dir)}
+    if probe_stop:
+        metadata["probe_stop"] = probe_stop
+    manager = TaskManager(include_path=str(TASKS_PATH), include_defaults=False, metadata=metadata)
+    out = lm_eval.simple_evaluate(model=lm, tasks=["rwku_forget_qa"], task_manager=manager, limit=2,
+                                  log_samples=True)
+    samples = out["samples"]["rwku_forget_qa"]
+    assert [s["filtered_resps"][0] for s in samples] == [kept, kept]
+    for s in samples:  # scored on what was kept, the newline collapsing as in the `rouge` package
+        expected = Rouge().get_scores(kept, s["doc"]["reference"])[0]["rouge-l"]["r"]
+        assert s["rougeL_recall"] == pytest.approx(expected)
 
 
 def _mia_data_dir(root):

@@ -39,25 +39,27 @@ def test_rouge_l_recall_counts_lcs_over_reference_tokens():
     assert rouge_l_recall("She writes novels", "she writing novels") == pytest.approx(1.0)
 
 
-def test_candidate_probs_remove_prompt_whitespace_token():
-    doc = {"kind": "forget", "n_prompt_ws": 1, "n_answer_tokens": [2, 4]}
-    # each continuation's loglik includes the whitespace token's -1.0 (the last choice)
+def test_candidate_probs_subtract_masked_choices():
+    # two answers whose continuations start with the prompt's whitespace token (-1.0, the third choice)
+    doc = {"kind": "forget", "masked_choice": [2, 2], "n_answer_tokens": [2, 4]}
     probs = candidate_probs(doc, [-3.0, -5.0, -1.0])
     assert probs == pytest.approx([math.exp(-1.0), math.exp(-1.0)])
-    doc = {"kind": "forget", "n_prompt_ws": 0, "n_answer_tokens": [2, 4]}
-    assert candidate_probs(doc, [-3.0, -5.0]) == pytest.approx([math.exp(-1.5), math.exp(-1.25)])
+    # open-unlearning on a merging tag space: each answer masks its own first token; none masked
+    doc = {"kind": "forget", "masked_choice": [3, 4, None], "n_answer_tokens": [1, 2, 4]}
+    probs = candidate_probs(doc, [-3.0, -5.0, -6.0, -2.0, -1.0])
+    assert probs == pytest.approx([math.exp(-1.0), math.exp(-2.0), math.exp(-1.5)])
 
 
 def test_question_stats_forget_and_options():
     # forget: answer, paraphrase, 2 perturbed; every answer 1 token so P = exp(loglik)
-    doc = {"kind": "forget", "n_prompt_ws": 0, "n_answer_tokens": [1, 1, 1, 1]}
+    doc = {"kind": "forget", "masked_choice": [None] * 4, "n_answer_tokens": [1, 1, 1, 1]}
     lls = [math.log(0.6), math.log(0.5), math.log(0.25), math.log(0.0625)]
     stats = question_stats(doc, lls)
     assert stats["prob"] == pytest.approx(0.6)
     assert stats["truth_ratio_r"] == pytest.approx(0.25)
     assert stats["truth_ratio"] == pytest.approx(0.25)
     # options: answer vs 3 perturbed; prob normalised over the options, R against P(answer)
-    doc = {"kind": "options", "n_prompt_ws": 0, "n_answer_tokens": [1, 1, 1, 1]}
+    doc = {"kind": "options", "masked_choice": [None] * 4, "n_answer_tokens": [1, 1, 1, 1]}
     lls = [math.log(0.4), math.log(0.2), math.log(0.2), math.log(0.2)]
     stats = question_stats(doc, lls)
     assert stats["prob"] == pytest.approx(0.4 / 1.0)

@@ -14,6 +14,9 @@ from typing import Any
 
 from ulmr.errors import UlmrError
 
+# Which tokens of an answer TOFU's Probability (and truth ratio) scores; see scored_answer.
+TOKEN_BOUNDARIES = ("answer", "open-unlearning", "tofu")
+
 
 @dataclass(frozen=True)
 class PromptTemplate:
@@ -26,6 +29,9 @@ class PromptTemplate:
         system turn (None keeps the chat template's own default); tags: a line of its own before
         the question tags (`prompt_prefix`).
     The defaults of the tags are TOFU's Phi-1.5 format ("Question: {q}\\nAnswer: {a}").
+    token_boundary: which tokens evaluation scores as the answer (`scored_answer`): "answer" (the
+        answer's tokens and EOS), "open-unlearning" or "tofu" (those codebases' rules). Scoring
+        only: training always uses `split_pair`.
     """
 
     kind: str = "chat"
@@ -33,10 +39,14 @@ class PromptTemplate:
     question_end_tag: str = "\n"
     answer_tag: str = "Answer: "
     system_prompt: str | None = None
+    token_boundary: str = "answer"
 
     def __post_init__(self):
         if self.kind not in ("chat", "tags"):
             raise UlmrError(f"unknown prompt template kind {self.kind!r}: use 'chat' or 'tags'")
+        if self.token_boundary not in TOKEN_BOUNDARIES:
+            raise UlmrError(f"unknown token boundary {self.token_boundary!r}: use "
+                            + ", ".join(TOKEN_BOUNDARIES))
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "PromptTemplate":
@@ -55,6 +65,8 @@ class PromptTemplate:
                         question_end_tag=self.question_end_tag, answer_tag=self.answer_tag)
         if self.system_prompt is not None:
             opts["system_prompt"] = self.system_prompt
+        if self.token_boundary != "answer":  # the default stays out, so earlier records still match
+            opts["token_boundary"] = self.token_boundary
         return opts
 
 
@@ -129,3 +141,84 @@ def split_pair(tokenizer, prompt: str, answer: str) -> SplitPair:
 def answer_with_eos(tokenizer, answer: str) -> str:
     """TOFU appends the end-of-sequence token to every answer; it is scored with the answer."""
     return answer + (tokenizer.eos_token or "")
+
+
+@dataclass(frozen=True)
+class ScoredAnswer:
+    """One answer as evaluation scores it, in lm-eval's terms.
+
+    lm-eval scores the tokens of `continuation` after `context` (its `_encode_pair`: the whole text
+    encoded once, cut after the context's tokens). The tokens of `masked` (a request of its own after
+    the same context; "" when none) come first among them and are not part of the score: their
+    log-likelihood is subtracted, leaving the `scored_ids` (whole-text token ids) to count.
+    """
+
+    context: str
+    continuation: str
+    masked: str
+    scored_ids: list[int]
+
+
+def scored_answer(tokenizer, template: PromptTemplate, question: str, answer: str) -> ScoredAnswer:
+    """Which tokens TOFU's Probability scores for `answer`, by `template.token_boundary`.
+
+    - "answer": the answer's tokens and the EOS TOFU appends, the tokens lm-eval scores for the
+      prompt/answer pair (`split_pair`): prompt whitespace that tokenises on its own is not scored,
+      whitespace that merges into the first answer token (" The" after "Answer:") is.
+    - "open-unlearning" (src/data/utils.py, `preprocess_chat_instance`): the prompt, and the prompt
+      followed by the answer, are tokenised separately; the first len(prompt ids) positions of the
+      latter are masked and EOS is appended unless it already ends in EOS. With tags ending in a space
+      ("Answer: ") the space is a token of its own in the prompt but merges into the first answer
+      token in the whole, so that token is masked. With a chat template the whole is the rendered
+      conversation, answer turn included: its end-of-turn text is scored too.
+    - "tofu" (locuslab/tofu data_module.py, `convert_raw_data_to_model_format`): only
+      question_start_tag + question + question_end_tag is masked, by its token count; the answer
+      tag is scored with the answer, then EOS. There is no chat template in TOFU's code (its Llama-2
+      tags carry the chat markup as question tags): with one, the whole prompt is masked.
+    """
+    eos = tokenizer.eos_token or ""
+    prompt = render_prompt(tokenizer, template, question)
+    boundary = template.token_boundary
+    if boundary == "answer":
+        prefix, whole = prompt, prompt + answer + eos
+    elif boundary == "tofu":
+        prefix = (template.question_start_tag + question + template.question_end_tag
+                  if template.kind == "tags" else prompt)
+        whole = prompt + answer + eos
+    else:  # open-unlearning
+        prefix, whole = prompt, prompt + answer
+        if template.kind == "chat":
+            whole = _rendered_conversation(tokenizer, template, question, answer)
+        if encode(tokenizer, whole)[-1:] != [tokenizer.eos_token_id]:
+            whole += eos
+    if not whole.startswith(prefix):
+        raise UlmrError(f"the chat template renders the answer turn without the prompt before it "
+                        f"(prompt ends {prompt[-40:]!r}); use --token-boundary answer")
+    context = prefix.rstrip()
+    whole_ids, context_ids, prefix_ids = (encode(tokenizer, t) for t in (whole, context, prefix))
+    if whole_ids[: len(context_ids)] != context_ids:
+        raise UlmrError(f"prompt tokens change when the answer follows them (prompt {context[-40:]!r}); "
+                        "use a template whose prompt ends at a token boundary")
+    if boundary == "answer" and whole_ids[: len(prefix_ids)] != prefix_ids:
+        n_masked = len(context_ids)  # the prompt's whitespace merges into the answer: scored with it
+    else:  # the other rules mask by the prompt's token count, whatever the tokens are
+        n_masked = len(prefix_ids)
+    masked = ""
+    if n_masked > len(context_ids):
+        masked = tokenizer.decode(whole_ids[len(context_ids):n_masked], skip_special_tokens=False,
+                                  clean_up_tokenization_spaces=False)
+        if encode(tokenizer, context + masked) != whole_ids[:n_masked]:
+            raise UlmrError(f"the {boundary} token boundary falls inside text this tokenizer does not "
+                            f"encode alone ({masked!r}); use --token-boundary answer")
+    elif n_masked < len(context_ids):
+        raise UlmrError(f"the {boundary} token boundary falls inside the prompt's tokens; "
+                        "use --token-boundary answer")
+    return ScoredAnswer(context, whole[len(context):], masked, whole_ids[n_masked:])
+
+
+def _rendered_conversation(tokenizer, template: PromptTemplate, question: str, answer: str) -> str:
+    """The chat template's rendering of the question and the answer as the assistant's turn."""
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    if template.system_prompt is not None:
+        messages.insert(0, {"role": "system", "content": template.system_prompt})
+    return tokenizer.apply_chat_template(messages, tokenize=False)

@@ -1,7 +1,9 @@
 """TOFU's metrics (Maini et al., 2024) as lm-eval functions, exactly as the benchmark defines them.
 
 Notation: for a question q and answer text x, P(x) = exp(-mean NLL of x's tokens given q), the mean
-taken over the answer tokens plus the end-of-sequence token TOFU appends, never over prompt tokens.
+taken over the answer tokens plus the end-of-sequence token TOFU appends, never over prompt tokens
+(metadata `token_boundary`, default "answer"; "open-unlearning" and "tofu" take those codebases'
+token rules instead: ulmr.prompts.scored_answer).
 
 - Probability: forget/retain mean P(answer); real authors / world facts mean of
   P(answer) / (P(answer) + sum_i P(perturbed_i)).
@@ -62,14 +64,14 @@ def rouge_l_recall(reference: str, generation: str) -> float:
 def candidate_probs(doc: dict[str, Any], logliks: list[float]) -> list[float]:
     """P of every scored answer of a doc, from lm-eval's log-likelihoods of its choices.
 
-    When the prompt ends in whitespace that tokenises on its own, lm-eval scores it as part of each
-    continuation; the doc's last choice is that whitespace alone, and its log-likelihood is
-    subtracted so that only answer tokens count.
+    A doc's choices are its answers' continuations, then the distinct texts whose tokens lm-eval
+    scores at the start of a continuation but the token boundary leaves out (`masked_choice[i]`:
+    the one of answer i, or None): e.g. whitespace ending the prompt that tokenises on its own. Their
+    log-likelihood is subtracted so that only the answer's scored tokens count.
     """
-    if doc["n_prompt_ws"]:
-        ws = logliks[-1]
-        logliks = [ll - ws for ll in logliks[:-1]]
-    return [normalised_prob(ll, n) for ll, n in zip(logliks, doc["n_answer_tokens"])]
+    n = len(doc["n_answer_tokens"])
+    return [normalised_prob(ll - (logliks[m] if m is not None else 0.0), n_tokens)
+            for ll, m, n_tokens in zip(logliks[:n], doc["masked_choice"], doc["n_answer_tokens"])]
 
 
 def question_stats(doc: dict[str, Any], logliks: list[float]) -> dict[str, float]:
@@ -104,7 +106,7 @@ def load_subset(subset: str, kind: str, **options):
     import datasets
 
     from ulmr.data.tofu import load_tofu
-    from ulmr.prompts import PromptTemplate, answer_with_eos, render_prompt, split_pair
+    from ulmr.prompts import PromptTemplate, render_prompt, scored_answer
 
     tokenizer = task_tokenizer(options, "TOFU tasks count answer tokens and so")
     template = PromptTemplate.from_options(options)
@@ -114,17 +116,15 @@ def load_subset(subset: str, kind: str, **options):
         if kind != KIND_OPTIONS:
             answers.append(row["paraphrased_answer"])
         answers += row["perturbed_answer"]
-        prompt = render_prompt(tokenizer, template, row["question"])
-        pairs = [split_pair(tokenizer, prompt, answer_with_eos(tokenizer, a)) for a in answers]
-        n_ws = pairs[0].n_prompt_ws
-        # lm-eval moves the prompt's trailing whitespace into every continuation anyway; doing it
-        # here keeps every choice non-empty, including the whitespace-only one.
-        context = prompt.rstrip()
-        ws = prompt[len(context):]
-        choices = [ws + answer_with_eos(tokenizer, a) for a in answers] + ([ws] if n_ws else [])
-        docs.append({"question": row["question"], "answer": row["answer"], "prompt": prompt,
-                     "context": context,
-                     "kind": kind, "choices": choices, "n_prompt_ws": n_ws,
-                     "n_answer_tokens": [len(p.answer_ids) for p in pairs]})
+        scored = [scored_answer(tokenizer, template, row["question"], a) for a in answers]
+        # every choice follows one context (the prompt up to where the boundary's masking starts,
+        # without trailing whitespace: lm-eval would move it into the choices anyway)
+        masked = list(dict.fromkeys(s.masked for s in scored if s.masked))
+        docs.append({"question": row["question"], "answer": row["answer"],
+                     "prompt": render_prompt(tokenizer, template, row["question"]),
+                     "context": scored[0].context, "kind": kind,
+                     "choices": [s.continuation for s in scored] + masked,
+                     "masked_choice": [len(scored) + masked.index(s.masked) if s.masked else None
+                                       for s in scored],
+                     "n_answer_tokens": [len(s.scored_ids) for s in scored]})
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
-

@@ -6,7 +6,7 @@ import click
 
 from ulmr.errors import UlmrError
 from ulmr.models import DEFAULT_MODEL
-from ulmr.prompts import PromptTemplate
+from ulmr.prompts import TOKEN_BOUNDARIES, PromptTemplate
 
 
 def compose(*decorators):
@@ -81,16 +81,20 @@ eval_options = compose(
                       "hf: lm-eval's own; vllm: lm-eval's vLLM model (GPU machines, the vllm extra)."),
     click.option("--max-gen-toks", type=click.IntRange(min=1), default=None,
                  help="Cap on generated tokens (default: each task's own; a cap changes the metric)."),
+    click.option("--token-boundary", type=click.Choice(TOKEN_BOUNDARIES), default="answer", show_default=True,
+                 help="TOFU Probability's scored tokens: answer (the answer's tokens and EOS), open-unlearning "
+                      "or tofu (those codebases' rules; lm_eval_tasks/tofu/README.md)."),
 )
 
 
 def template_from(kwargs) -> PromptTemplate:
-    """Pop the template options out of a command's kwargs."""
+    """Pop the template options out of a command's kwargs (--token-boundary: eval's commands only)."""
     return PromptTemplate(kind=kwargs.pop("prompt_template"),
                           question_start_tag=_unescape(kwargs.pop("question_start_tag")),
                           question_end_tag=_unescape(kwargs.pop("question_end_tag")),
                           answer_tag=_unescape(kwargs.pop("answer_tag")),
-                          system_prompt=kwargs.pop("system_prompt"))
+                          system_prompt=kwargs.pop("system_prompt"),
+                          token_boundary=kwargs.pop("token_boundary", "answer"))
 
 
 def _unescape(tag: str) -> str:
