@@ -22,6 +22,7 @@ from leaderboard.markdown import render_markdown
 from leaderboard.plot import alpha_plot, alpha_plot_filename, plot, plot_filename
 from leaderboard.tables import Table, aggregate
 from ulmr.errors import UlmrError
+from ulmr.storage import check_writable
 
 __all__ = ["BuiltLeaderboard", "SkippedFile", "Table", "aggregate", "build_leaderboard", "load_results", "plot",
            "render_markdown"]
@@ -43,7 +44,7 @@ def build_leaderboard(results_dir: str | Path, output_dir: str | Path) -> BuiltL
         raise UlmrError(f"no results in {results_dir}{skipped_note}: run `ulmr-bench run` first")
     tables = aggregate(results)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(output_dir, what="the leaderboard folder")  # before any file of it is written
     markdown_path = output_dir / MARKDOWN_NAME
     markdown_path.write_text(render_markdown(tables, skipped), encoding="utf-8")
     files = [markdown_path]

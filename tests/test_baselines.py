@@ -157,11 +157,11 @@ def test_baselines_run_on_an_rwku_target(method, tiny, data_dir):
 
 
 @pytest.mark.parametrize("method, overrides, message", [
-    ("npo", {"beta": 0.0}, r"^beta=0.0 is out of range"),
-    ("dpo", {"beta": -1.0}, r"^beta=-1.0 is out of range"),
-    ("graddiff", {"retain_weight": 0.0}, r"^retain_weight=0.0 is out of range"),
-    ("ga", {"retain_weight": 1.0}, r"^ga has no retain term"),
-    ("rt", {"warmup_ratio": 2.0}, r"^warmup_ratio=2.0 is out of range"),
+    ("npo", {"beta": 0.0}, r"^config: beta=0.0 is out of range"),
+    ("dpo", {"beta": -1.0}, r"^config: beta=-1.0 is out of range"),
+    ("graddiff", {"retain_weight": 0.0}, r"^config: retain_weight=0.0 is out of range"),
+    ("ga", {"retain_weight": 1.0}, r"^config: ga has no retain term"),
+    ("rt", {"warmup_ratio": 2.0}, r"^config: warmup_ratio=2.0 is out of range"),
 ])
 def test_bad_hyperparameters_are_one_line_errors(method, overrides, message):
     with pytest.raises(UlmrError, match=message):

@@ -14,13 +14,23 @@ def tasks_path_command():
 
 
 @click.command("methods")
-def methods_command():
-    """List the registered unlearning methods (built-in and from installed plugins)."""
-    from ulmr.unlearning.registry import available_methods
+@click.option("--verbose", "-v", is_flag=True, help="Also print every config field: type, default, range, help.")
+@click.argument("names", nargs=-1)
+def methods_command(verbose, names):
+    """List the registered unlearning methods (built-in and from installed plugins), or only NAMES."""
+    from ulmr.unlearning.config import describe_fields
+    from ulmr.unlearning.registry import available_methods, get_method
 
-    for name, cls in available_methods().items():
+    methods = {name: get_method(name) for name in names} if names else available_methods()
+    for name, cls in methods.items():
         doc = (cls.__doc__ or "").strip().splitlines()
         click.echo(f"{name:<16} {doc[0] if doc else ''}")
+        if not verbose:
+            continue
+        for f in describe_fields(cls.config_class):
+            allowed = f" in {f['range']}" if f["range"] else ""
+            click.echo(f"    {f['name']} ({f['type']}, default {f['default']!r}{allowed}): {f['help'] or '-'}")
+        click.echo("")
 
 
 @click.command("benchmarks")

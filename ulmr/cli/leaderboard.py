@@ -12,9 +12,6 @@ import click
               help="Folder to write leaderboard.md and the trade-off plots (PNG) to.")
 def leaderboard_command(results_dir, output):
     """Write the markdown tables and forget-vs-utility plots of the stored results; print their paths."""
-    from ulmr.storage import check_writable
-
-    check_writable(output, what="--output")
     build_and_report(results_dir, output)
 
 

@@ -3,6 +3,7 @@ from `--set key=value` options, with one-line errors for unknown keys and bad va
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import math
@@ -72,10 +73,42 @@ def check_range(name: str, value, low=None, high=None, low_open=False) -> None:
     too_high = finite and high is not None and value > high
     bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, " \
              f"{high if high is not None else 'inf'}{']' if high is not None else ')'}"
+    recorder = _RANGES.get()
+    if recorder is not None:  # describe_fields is asking which ranges validate() checks
+        recorder[name] = bounds
+        return
     if not finite:
         raise UlmrError(f"{name}={value} is out of range: it must be a finite number in {bounds}")
     if too_low or too_high:
         raise UlmrError(f"{name}={value} is out of range: it must lie in {bounds}")
+
+
+_RANGES: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("config_ranges", default=None)
+
+
+def describe_fields(config_class: type) -> list[dict[str, Any]]:
+    """Every field of a config class: name, type, default, the range its validate() checks (read by
+    running validate() on the defaults with check_range recording instead of checking) and its help
+    (the field's metadata)."""
+    hints = typing.get_type_hints(config_class)
+    ranges: dict[str, str] = {}
+    token = _RANGES.set(ranges)
+    try:
+        validate = getattr(config_class(), "validate", None)
+        if validate is not None:
+            validate()
+    finally:
+        _RANGES.reset(token)
+    return [{"name": f.name, "type": _type_name(hints[f.name]),
+             "default": f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default,
+             "range": ranges.get(f.name, ""), "help": f.metadata.get("help", "")}
+            for f in dataclasses.fields(config_class)]
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return " | ".join(map(repr, typing.get_args(hint)))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def _non_finite(value):
