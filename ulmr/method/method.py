@@ -101,6 +101,8 @@ class UlmrConfig(TrainingConfig):
     max_questions: int | None = None
 
     def validate(self) -> None:
+        if self.average_alpha is not None:  # the shared post-step's switch; ULMR's step 4 is `alpha`
+            raise UlmrError(f"ULMR averages through alpha: set alpha={self.average_alpha} instead of average_alpha")
         super().validate()
         check_template_names(self.templates)
         check_range("k", self.k, 1)
