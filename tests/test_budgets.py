@@ -107,3 +107,37 @@ def test_average_alpha_errors_are_one_line(method, value, message):
     with pytest.raises(UlmrError, match=message) as error:
         build_config(get_method(method).config_class, {"average_alpha": value})
     assert "\n" not in str(error.value)
+
+
+def training_set_size(method, data) -> int:
+    """How many items one epoch of `method` passes over, built as its `unlearn` builds them (ULMR
+    with the template rewriter, so without a model)."""
+    from ulmr.method.method import UlmrUnlearner
+
+    if isinstance(method, UlmrUnlearner):
+        pairs, _ = method._make_pairs(None, None, data)
+        return len(method._holdout(pairs, data)[1]) if method.config.alpha == "auto" else len(pairs)
+    return len(next(iter(method.forget_parts(data).values())))
+
+
+@pytest.mark.parametrize("benchmark", ["tofu", "rwku"])
+def test_quick_profile_gives_every_method_the_same_steps_and_examples(benchmark, data_dir):
+    from ulmr.benchmarks.registry import get_benchmark
+    from ulmr.profiles import load_profile
+    from ulmr.unlearning.registry import available_methods
+
+    profile = load_profile("quick")
+    budgets = {name: profile.method_config(name, benchmark, 0) for name in available_methods()}
+    assert len({(c.max_steps, c.batch_size, c.grad_accum, c.max_length) for c in budgets.values()}) == 1, budgets
+    assert all(c.max_steps for c in budgets.values())
+    # every micro-batch full, so equal steps are equal examples: the batch divides each training set,
+    # or the run ends before the first epoch's last (short) batch
+    data = get_benchmark(benchmark).unlearning_data(profile.plan(benchmark).selection, TEMPLATE, data_dir)
+    sizes = {name: training_set_size(get_method(name)(budgets[name]), data)
+             for name in ("ulmr", "ulmr-norewrite", "ulmr-noavg", "rt", "ga", "graddiff", "npo", "dpo")}
+    batch, micro_batches = budgets["ulmr"].batch_size, budgets["ulmr"].max_steps * budgets["ulmr"].grad_accum
+    assert all(size % batch == 0 or micro_batches < -(-size // batch) for size in sizes.values()), sizes
+    if benchmark == "tofu":
+        assert sizes == {"ulmr": 112, "ulmr-norewrite": 36, "ulmr-noavg": 120, "rt": 40, "ga": 40, "graddiff": 40,
+                         "npo": 40, "dpo": 40}
+        assert budgets["ulmr"].max_steps * budgets["ulmr"].grad_accum * batch == 208
