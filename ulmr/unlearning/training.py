@@ -141,6 +141,7 @@ class TrainingRecord:
         every token but the first of a plain text.
     retain_term, retain_weight, retain_loss: whether retain batches joined the forget ones, the
         weight of the retain term ("nll" or "kl") over them (0.0 and None without one).
+    processes: data-parallel processes (each draws its own micro-batches).
     tokens: every non-padding token through the trained model (prompts included).
     """
 
