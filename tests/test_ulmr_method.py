@@ -75,8 +75,9 @@ def test_pipeline_lowers_forget_likelihood_and_records_everything(knowing):
     averaging = record["averaging"]
     assert averaging["alpha"] in (0.5, 1.0) and averaging["reason"] and len(averaging["table"]) == 2
     assert record["steps"] == 12 and record["subjects"] == ["Zorblax Quint"]
-    # 12 steps of 4 of the 10 training pairs; no retain term (ULMR's default)
-    assert record["examples_seen"] == {"forget": 48} and record["distinct_examples"] == {"forget": 10}
+    # 12 micro-batches over the 10 training pairs in batches of 4 (4 + 4 + 2): 4 epochs, 40 examples;
+    # no retain term (ULMR's default)
+    assert record["examples_seen"] == {"forget": 40} and record["distinct_examples"] == {"forget": 10}
     assert record["trained_tokens"]["forget"] > 0 and record["retain_term"] is False
     json.dumps(record), json.dumps(result.artifacts)  # both are saved as JSON
 
