@@ -346,6 +346,9 @@ def test_tofu_task_from_the_forget_split(data_dir):
     task = get_benchmark("tofu").unlearning_data("forget01", TEMPLATE, data_dir)
     assert (len(task.forget), len(task.retain), len(task.refusals)) == (40, 3960, 100)
     assert task.forget_questions == task.forget and all(ex.question for ex in task.forget)
+    # the texts the truth ratio scores, for each forget question: no generated negative may be one
+    avoid = task.metadata["avoid_responses"]
+    assert set(avoid) == {ex.question for ex in task.forget} and all(len(texts) == 6 for texts in avoid.values())
     with pytest.raises(UlmrError, match="unknown TOFU split 'forget02'"):
         get_benchmark("tofu").unlearning_data("forget02", TEMPLATE, data_dir)
 

@@ -75,6 +75,10 @@ def test_pipeline_lowers_forget_likelihood_and_records_everything(knowing):
     averaging = record["averaging"]
     assert averaging["alpha"] in (0.5, 1.0) and averaging["reason"] and len(averaging["table"]) == 2
     assert record["steps"] == 12 and record["subjects"] == ["Zorblax Quint"]
+    # 12 micro-batches over the 10 training pairs in batches of 4 (4 + 4 + 2): 4 epochs, 40 examples;
+    # no retain term (ULMR's default)
+    assert record["examples_seen"] == {"forget": 40} and record["distinct_examples"] == {"forget": 10}
+    assert record["trained_tokens"]["forget"] > 0 and record["retain_term"] is False
     json.dumps(record), json.dumps(result.artifacts)  # both are saved as JSON
 
 
@@ -118,11 +122,45 @@ def test_soup_records_its_trajectory_steps(knowing):
     ({"negatives": "invented"}, r"negatives.* got 'invented'"),
     ({"rewrite": False, "include_original": False}, r"nothing to train on"),
     ({"max_questions": 0}, r"max_questions=0 is out of range"),
+    ({"negatives": "alternative", "rewriter": "template"}, r"^ulmr config: negatives=alternative needs an LLM rewriter"),
 ])
 def test_bad_config_values_fail_in_one_line(overrides, message):
     with pytest.raises(UlmrError, match=message):
         build_config(UlmrConfig, overrides, where="ulmr config")
     assert build_config(UlmrConfig, {"alpha": 0.3}).alpha == 0.3
+
+
+def test_alternative_negatives_and_the_acceptance_record(knowing, monkeypatch):
+    """negatives=alternative with the model as its own writer: made-up answers that name the subject
+    are kept, one equal to a text the unlearning data says to avoid is not; the record counts both
+    the rewriter's and the negatives' acceptance."""
+    from ulmr.method.generation import TextGenerator
+
+    def write(self, prompts, desc, cut="lines"):
+        if desc == "ULMR rewriting":
+            return [f"Tell me, please: {next(ex.question for ex in FORGET if ex.question in p)}" if i % 2 else "ok"
+                    for i, p in enumerate(prompts)]
+        return ["Zorblax Quint was a lighthouse keeper." if "Moon Soup" in p else "Zorblax Quint sang opera."
+                for p in prompts]
+    monkeypatch.setattr(TextGenerator, "__call__", write)
+    model, tokenizer = knowing
+    data = toy_task()
+    data.metadata["avoid_responses"] = {"Who wrote Moon Soup?": ["zorblax quint was a LIGHTHOUSE keeper"]}
+    cls = get_method("ulmr")
+    config = build_config(cls.config_class, {**FAST, "rewriter": "self", "negatives": "alternative", "alpha": 1.0,
+                                             "max_steps": 1})
+    result = cls(config).unlearn(model, tokenizer, data)
+    responses = {(p["source_question"], p["response"], p["response_source"]) for p in result.artifacts["pairs"]}
+    assert all(source != "alternative" for question, _, source in responses if question == "Who wrote Moon Soup?")
+    assert ("Where was Zorblax Quint born?", "Zorblax Quint sang opera.", "alternative") in responses
+    acceptance = result.record["acceptance"]
+    # 8 rewrites planned: "ok" rejected 4 times (replaced by the template form), 4 LLM rewrites kept
+    assert acceptance["rewrites"] == {"planned": 8, "kept": 8, "dropped": 0, "llm_written": 8, "llm_accepted": 4,
+                                      "template_written": 4, "template_fallback": 4}
+    # 12 instructions (4 original + 8 rewrites); the 3 about Moon Soup hit the avoided text
+    assert acceptance["negatives"]["alternative"] == {"tried": 12, "accepted": 9, "dropped": 3}
+    assert acceptance["summary"].startswith("4 of 8 LLM rewrites accepted (4 fell back to templates, 0 dropped); "
+                                            "9 of 12 alternative negatives accepted")
 
 
 @pytest.mark.slow

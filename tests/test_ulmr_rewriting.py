@@ -150,3 +150,66 @@ def test_negatives_bank_generated_and_their_checks(forget01):
 
 def test_recurring_names_finds_the_tofu_authors(forget01):
     assert recurring_names([item.question for item in forget01]) == AUTHORS
+
+
+@pytest.fixture(scope="module")
+def scored_answers(data_dir):
+    """TOFU's forget01 answers the truth ratio scores: per question, the paraphrased and perturbed answers."""
+    return {row["question"]: [row["paraphrased_answer"], *row["perturbed_answer"]]
+            for row in load_tofu("forget01_perturbed", data_dir)}
+
+
+def test_alternative_negatives_answer_wrongly_and_each_kind_is_counted(forget01, scored_answers):
+    items = forget01[1:5]  # questions that name Basil Mahfouz Al-Kuwaiti
+    instructions = original_instructions(items, AUTHORS) * 5
+    replies = ["Basil Mahfouz Al-Kuwaiti was born in Lisbon and wrote about ships.",  # kept
+               "Sure, here is one:\nBasil Mahfouz Al-Kuwaiti is a retired tram driver.",  # kept, cleaned
+               "I'm sorry, I don't know anything about Basil Mahfouz Al-Kuwaiti.",  # a refusal
+               "He was born on the moon.",  # does not name the subject
+               None]  # the true answer: leaks
+    calls = []
+
+    def generate(prompts, desc, cut="lines"):
+        calls.append(cut)
+        out = []
+        for i, prompt in enumerate(prompts):
+            item = next(it for it in items if it.question in prompt)
+            out.append(replies[i // len(items)] or item.answer)
+        return out
+
+    pairs, stats = negative_responses(instructions, ["I have no idea."], "alternative", seed=0, generate=generate,
+                                      avoid=scored_answers)
+    assert calls == ["sentences"]  # a made-up answer cut off by the token limit keeps its whole sentences
+    kept = [p.response for p in pairs if p.response_source == "alternative"]
+    assert kept == [replies[0]] * 4 + ["Basil Mahfouz Al-Kuwaiti is a retired tram driver."] * 4
+    assert stats["kinds"]["alternative"] == {"tried": 20, "accepted": 8, "dropped": 12}
+    assert stats["rejected"] == {"alternative_not_an_answer": 4, "alternative_off_subject": 4, "alternative_leak": 4}
+    assert stats["responses"]["alternative"] == 8 and len(pairs) == 20  # the dropped ones got refusals
+    assert_no_answer_inside([(p.response, p.source_question) for p in pairs], items)
+
+
+def test_no_tofu_perturbed_or_paraphrased_answer_can_be_a_negative(forget01, scored_answers):
+    """A writer that answers with the very texts TOFU's truth ratio scores (perturbed and paraphrased
+    answers of forget01) gets every one of them dropped."""
+    instructions = original_instructions(forget01, AUTHORS)
+    for pick in range(6):  # the paraphrased answer, then each of the five perturbed ones
+        def generate(prompts, desc, cut="lines"):
+            return [scored_answers[next(it.question for it in forget01 if it.question in p)][pick] for p in prompts]
+
+        pairs, stats = negative_responses(instructions, ["I have no idea."], "alternative", seed=pick,
+                                          generate=generate, avoid=scored_answers)
+        scored = {normalise(text) for texts in scored_answers.values() for text in texts}
+        assert not any(normalise(p.response) in scored for p in pairs)
+        assert stats["kinds"]["alternative"]["accepted"] == 0 and len(pairs) == len(forget01)
+        assert stats["rejected"].get("alternative_avoided", 0) > 0
+    # the same words in another case and punctuation are still the scored text
+    row = forget01[1]
+    shouted = scored_answers[row.question][2].upper().replace(",", " ;")
+    pairs, stats = negative_responses(original_instructions([row], AUTHORS), ["I have no idea."], "alternative",
+                                      generate=lambda prompts, desc, cut="lines": [shouted], avoid=scored_answers)
+    assert pairs[0].response_source != "alternative" and stats["rejected"] == {"alternative_avoided": 1}
+
+
+def test_alternative_needs_an_llm_writer(forget01):
+    with pytest.raises(UlmrError, match="^ULMR negatives=alternative needs an LLM rewriter"):
+        negative_responses(original_instructions(forget01[:2], AUTHORS), ["No idea."], "alternative")

@@ -16,7 +16,7 @@ from ulmr.benchmarks.registry import (CLOSEST_TO_REFERENCE, HIGHER, LOWER, Axis,
                                       DocStatistic, Preparation, RunContext, register_benchmark)
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
-from ulmr.unlearning.interface import Example, UnlearningData
+from ulmr.unlearning.interface import AVOID_RESPONSES, Example, UnlearningData
 
 SUBSETS = (("forget", "Forget"), ("retain", "Retain"), ("real_authors", "Real authors"),
            ("world_facts", "World facts"))
@@ -219,9 +219,14 @@ class Tofu(Benchmark):
         retain_split = retain_split_for(selection)  # also rejects a split name that is not a forget split
         forget = [Example(answer=row["answer"], question=row["question"]) for row in load_tofu(selection, data_dir)]
         retain = [Example(answer=row["answer"], question=row["question"]) for row in load_tofu(retain_split, data_dir)]
+        # the paraphrased and perturbed answers the truth ratio scores: a generated negative response
+        # (ULMR's negatives=alternative) must never be one of them
+        avoid = {row["question"]: [row["paraphrased_answer"], *row["perturbed_answer"]]
+                 for row in load_tofu(f"{selection}_perturbed", data_dir)}
         return UnlearningData(benchmark=self.name, name=selection, forget=forget, retain=retain,
                               forget_questions=forget, subjects=[], template=template,
-                              refusals=load_idontknow(data_dir), metadata={"retain_split": retain_split})
+                              refusals=load_idontknow(data_dir),
+                              metadata={"retain_split": retain_split, AVOID_RESPONSES: avoid})
 
     def evaluated_questions(self, selection: str, data_dir=None) -> set[str]:
         from ulmr.data.tofu import load_tofu

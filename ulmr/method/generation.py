@@ -3,6 +3,7 @@ refusals."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ulmr.prompts import PromptTemplate, render_prompt
@@ -11,7 +12,8 @@ from ulmr.prompts import PromptTemplate, render_prompt
 @dataclass
 class TextGenerator:
     """A causal LM asked one instruction per prompt; returns only the newly generated text.
-    A reply cut off by max_new_tokens keeps its complete lines only (possibly none).
+    A reply cut off by max_new_tokens keeps its complete lines only (possibly none), or with
+    cut="sentences" its complete sentences (a made-up answer that runs on is still one).
 
     temperature: 0 = greedy decoding; above 0 = sampling at that temperature (seeded).
     """
@@ -23,7 +25,7 @@ class TextGenerator:
     batch_size: int = 16
     seed: int = 0
 
-    def __call__(self, instructions: list[str], desc: str) -> list[str]:
+    def __call__(self, instructions: list[str], desc: str, cut: str = "lines") -> list[str]:
         import torch
         from tqdm.auto import tqdm
 
@@ -53,11 +55,20 @@ class TextGenerator:
                 new = out[:, enc["input_ids"].shape[1]:]
                 finished = torch.isin(new, stop_ids).any(dim=1).tolist()
                 for text, done in zip(self.tokenizer.batch_decode(new, skip_special_tokens=True), finished):
-                    outputs.append(text if done else text.rpartition("\n")[0])
+                    outputs.append(text if done else _complete_part(text, cut))
         finally:
             self.tokenizer.padding_side = side
             self.model.train(was_training)
         return outputs
+
+
+def _complete_part(text: str, cut: str) -> str:
+    """What is complete in a reply cut off mid-way: its lines before the last line break, or with
+    cut="sentences" everything up to the last sentence end (. ! ? then a space or a line break)."""
+    if cut == "sentences":
+        ends = [m.end() for m in re.finditer(r"[.!?][\"')\]]*(?=\s)", text)]
+        return text[:ends[-1]] if ends else ""
+    return text.rpartition("\n")[0]
 
 
 def _stop_token_ids(model, tokenizer) -> list[int]:

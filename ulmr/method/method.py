@@ -1,7 +1,8 @@
 """ULMR (docs/design.md, "ULMR") as an Unlearner: rewrite -> negative responses -> fine-tune -> average.
 
     1. rewriting.py   K rewrites of every forget question with the designed templates
-    2. negatives.py   a refusal for every instruction (bank, subject-aware, or LLM-written)
+    2. negatives.py   a negative response for every instruction: a refusal (bank, subject-aware, or
+                      LLM-written) or a made-up wrong answer (LLM-written)
     3. the shared training loop: SFT on (instruction -> refusal), loss on the refusal tokens,
        optionally + retain_weight * retain term; trajectory checkpoints kept for a soup
     4. averaging.py   theta = alpha * theta_unlearned + (1 - alpha) * theta_original, alpha fixed
@@ -25,12 +26,13 @@ from ulmr.errors import UlmrError
 from ulmr.method.averaging import choose_alpha, interpolate, load_weights, soup
 from ulmr.method.generation import TextGenerator
 from ulmr.method.leak import DEFAULT_NGRAM
-from ulmr.method.negatives import Pair, negative_responses
+
+from ulmr.method.negatives import LLM_SOURCES, Pair, negative_responses
 from ulmr.method.rewriting import (ORIGINAL, TEMPLATES, check_template_names, original_instructions,
                                    rewrite_questions)
 from ulmr.unlearning.batches import collate, encode_example
 from ulmr.unlearning.config import check_range, config_to_dict
-from ulmr.unlearning.interface import Example, Unlearner, UnlearningResult, UnlearningData
+from ulmr.unlearning.interface import AVOID_RESPONSES, Example, Unlearner, UnlearningData, UnlearningResult
 from ulmr.unlearning.losses import answer_nll, retain_term, token_logprobs
 from ulmr.unlearning.registry import register_method
 from ulmr.unlearning.subjects import recurring_names
@@ -45,7 +47,8 @@ class UlmrConfig(TrainingConfig):
     rewrite: rewrite the forget questions (False: the original questions only).
     rewriter: "self" (the model being unlearned, prompted with the templates), "template"
         (deterministic string templates, no LLM), or a model (alias, folder, hub id) loaded for it.
-        An LLM rewriter also writes the refusals of negatives=generated/both.
+        An LLM rewriter also writes the responses of negatives=generated/both/alternative. The record's
+        "acceptance" says how many LLM rewrites were accepted and how many fell back to templates.
     templates: rewrite templates to use, from ulmr.method.rewriting.TEMPLATES (default: all).
     k: rewrites per forget question.
     include_original: train on the original forget questions too.
@@ -55,7 +58,12 @@ class UlmrConfig(TrainingConfig):
         template (so a weak rewriter still yields K rewrites per question).
     inference_batch_size: prompts per batch when generating and when scoring alphas.
     leak_ngram: span length of the leak filter (ulmr.method.leak).
-    negatives: "bank" (refusal bank + subject-aware refusals), "generated" (the rewriter LLM), "both".
+    negatives: "bank" (refusal bank + subject-aware refusals), "generated" (refusals by the rewriter LLM),
+        "both", or "alternative": plausible but wrong answers about the same subject, made up by the
+        rewriter LLM, dropped (and replaced by a bank refusal) when one refuses, does not name the
+        subject, leaks the true answer, or equals or leaks a text the unlearning data lists under
+        metadata["avoid_responses"] (e.g. a benchmark's scored wrong answers). The LLM kinds need an
+        LLM rewriter. The record's "acceptance" counts, per kind, the responses tried, accepted, dropped.
     subject_refusal_share: chance that a bank negative is a subject-aware refusal, when the
         instruction names its subject.
     alpha: weight of the unlearned model in the parameter average: a number in [0, 1]
@@ -73,9 +81,11 @@ class UlmrConfig(TrainingConfig):
         target, and LLM rewriting of all of them is minutes on a CPU).
     retain_weight (inherited): 0 by default, as in RT, so that comparing the two isolates what
         rewriting and averaging add; averaging is ULMR's own guard of model utility.
+    average_alpha (inherited): refused; ULMR's step 4 is `alpha`.
 
     The paper's values are not available to us; these defaults are our choices: k=4 plus the
-    original gives five instructions per forget question (so an epoch is five times RT's), alpha
+    original gives five instructions per forget question (so an epoch is five times RT's: compare
+    methods at a fixed max_steps and batch, as the quick profile does, not at fixed epochs), alpha
     is chosen on held-out data rather than fixed, and the auto criterion asks for halving the
     held-out answer probability while giving up at most 10% of the retain probability.
     """
@@ -90,7 +100,7 @@ class UlmrConfig(TrainingConfig):
     rewrite_fallback: bool = True
     inference_batch_size: int = 16
     leak_ngram: int = DEFAULT_NGRAM
-    negatives: Literal["bank", "generated", "both"] = "bank"
+    negatives: Literal["bank", "generated", "both", "alternative"] = "bank"
     subject_refusal_share: float = 0.5
     alpha: float | Literal["auto"] = "auto"
     alpha_grid: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
@@ -102,6 +112,8 @@ class UlmrConfig(TrainingConfig):
     max_questions: int | None = None
 
     def validate(self) -> None:
+        if self.average_alpha is not None:  # the shared post-step's switch; ULMR's step 4 is `alpha`
+            raise UlmrError(f"ULMR averages through alpha: set alpha={self.average_alpha} instead of average_alpha")
         super().validate()
         check_template_names(self.templates)
         check_range("k", self.k, 1)
@@ -123,6 +135,9 @@ class UlmrConfig(TrainingConfig):
             raise UlmrError("alpha_grid is empty: give at least one alpha in [0, 1], e.g. [0.5, 1.0]")
         for alpha in self.alpha_grid:
             check_range("alpha_grid value", alpha, 0, 1)
+        if self.negatives in LLM_SOURCES and self.rewriter == "template":
+            raise UlmrError(f"negatives={self.negatives} needs an LLM rewriter to write its responses and rewriter=template "
+                            "has none: set rewriter to 'self' or a model, or use negatives=bank")
         if not (self.rewrite or self.include_original):
             raise UlmrError("rewrite=false and include_original=false leave ULMR nothing to train on: "
                             "set one of them to true")
@@ -206,12 +221,14 @@ class UlmrUnlearner(Unlearner):
             instructions += rewrites
         pairs, negative_stats = negative_responses(instructions, data.refusals, config.negatives,
                                                    config.subject_refusal_share, config.seed, generate,
-                                                   config.leak_ngram)
+                                                   config.leak_ngram, data.metadata.get(AVOID_RESPONSES))
         if not pairs:
             raise UlmrError(f"ULMR made no training pairs for {data.benchmark} {data.name} (every candidate was dropped, "
                             "see the leak filter): use rewriter=template or a larger k")
         return pairs, {"subjects": subjects, "subjects_inferred": not data.subjects,
-                       "rewriting": rewrite_stats, "negatives": negative_stats}
+                       "rewriting": rewrite_stats, "negatives": negative_stats,
+                       "acceptance": acceptance(rewrite_stats, negative_stats, llm_rewriter=generate is not None
+                                                and config.rewrite)}
 
     def _auto_alpha(self, model, tokenizer, data, unlearned, original, probes) -> dict:
         """Step 4 with alpha=auto: score the original (alpha 0) and every grid alpha on the held-out
@@ -299,6 +316,26 @@ def mean_answer_probability(model, tokenizer, template, examples: list[Example],
             probs += torch.exp(logp.sum(1) / mask.sum(1)).tolist()
     model.train(was_training)
     return sum(probs) / len(probs)
+
+
+def acceptance(rewrite_stats: dict, negative_stats: dict, llm_rewriter: bool) -> dict:
+    """What the rewriter LLM's output was worth, from the per-template rewriting counts and the
+    negatives' counts: LLM rewrites accepted vs replaced by the template form (or dropped), and per
+    kind of negative response, how many were tried, accepted and dropped; with a one-line summary."""
+    planned = sum(c["planned"] for c in rewrite_stats.values())
+    kept = sum(c["kept"] for c in rewrite_stats.values())
+    fallback = sum(c["fallback"] for c in rewrite_stats.values())
+    rewrites = {"planned": planned, "kept": kept, "dropped": planned - kept,
+                "llm_written": planned if llm_rewriter else 0, "llm_accepted": kept - fallback if llm_rewriter else 0,
+                "template_written": fallback if llm_rewriter else planned, "template_fallback": fallback}
+    kinds = negative_stats.get("kinds", {})
+    lines = [f"{rewrites['llm_accepted']} of {planned} LLM rewrites accepted ({fallback} fell back to templates, "
+             f"{planned - kept} dropped)" if llm_rewriter else f"{kept} of {planned} template rewrites kept"] if planned else []
+    lines += [f"{c['accepted']} of {c['tried']} {kind} negatives accepted" for kind, c in kinds.items()
+              if kind in ("generated", "alternative")]
+    used = negative_stats.get("responses", {})
+    lines.append("responses: " + ", ".join(f"{n} {kind}" for kind, n in sorted(used.items())))
+    return {"rewrites": rewrites, "negatives": kinds, "summary": "; ".join(lines)}
 
 
 def pair_record(pair: Pair, split: str) -> dict:

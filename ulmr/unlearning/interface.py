@@ -22,6 +22,11 @@ class Example:
     subject: str | None = None
 
 
+# UnlearningData.metadata key: forget question -> texts that no generated training response may equal
+# or leak (e.g. the wrong answers a benchmark's truth ratio scores). A blocklist, never training data.
+AVOID_RESPONSES = "avoid_responses"
+
+
 @dataclass
 class UnlearningData:
     """What to forget and what to keep, from one benchmark.

@@ -27,11 +27,16 @@ import torch
 
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
-from ulmr.unlearning.batches import Batch, batches_per_epoch, encode_example, micro_batches
+from ulmr.unlearning.averaging import interpolate, load_weights
+from ulmr.unlearning.batches import IGNORE_INDEX, Batch, batches_per_epoch, encode_example, micro_batches
 from ulmr.unlearning.config import check_range, config_to_dict
 from ulmr.unlearning.interface import Example, Unlearner, UnlearningResult, UnlearningData
 
 LossFn = Callable[[Any, Batch, Any], "torch.Tensor | dict[str, torch.Tensor]"]
+
+
+AVERAGE_AUTO_UNAVAILABLE = ("average_alpha=auto is not available for this method yet: give a number in [0, 1] "
+                            "(0 = the original model, 1 = the trained one) or leave it unset")
 
 
 class TrainingDiverged(UlmrError):
@@ -74,6 +79,10 @@ class TrainingConfig:
         batches, sorted by length, cut into batches, the batches shuffled): RWKU injection mixes
         40-token questions with 200-token passages, and padding to the longest row of a random
         batch made it compute 1.63 tokens per real one.
+    average_alpha: a post-step of every loss-based method (LossUnlearner): after training, theta =
+        alpha * theta_trained + (1 - alpha) * theta_original (ulmr.unlearning.averaging; 0 = the
+        original model, 1 = the trained one); None: off. "auto" is not available yet (the hook is
+        LossUnlearner.choose_average_alpha). ULMR averages through its own `alpha` instead.
     """
 
     lr: float = 1e-5
@@ -95,6 +104,7 @@ class TrainingConfig:
     retain_loss: Literal["nll", "kl"] = "nll"
     max_length: int = 512
     group_by_length: bool = False
+    average_alpha: float | Literal["auto"] | None = None
 
     def validate(self) -> None:
         check_range("lr", self.lr, 0, low_open=True)
@@ -112,14 +122,39 @@ class TrainingConfig:
         check_range("lora_dropout", self.lora_dropout, 0, 1)
         check_range("retain_weight", self.retain_weight, 0)
         check_range("max_length", self.max_length, 2)
+        if self.average_alpha == "auto":
+            raise UlmrError(AVERAGE_AUTO_UNAVAILABLE)
+        if self.average_alpha is not None:
+            check_range("average_alpha", self.average_alpha, 0, 1)
 
 
 @dataclass
 class TrainingRecord:
-    """What a run did. Losses are per optimizer step, on the main process."""
+    """What a run did: its budget, what it optimised, its losses and its cost. Counts are over all
+    processes; losses are per optimizer step, on the main process. Parts are the forget parts given
+    to `train` (e.g. "forget", DPO's "preferred"/"rejected") and "retain".
+
+    steps: optimizer steps.
+    examples_seen: rows trained on, per part (an example drawn twice counts twice).
+    distinct_examples: distinct items of each part's list among them.
+    trained_tokens: tokens that carry a loss, per part: labelled positions after the first (the first
+        token is never predicted), i.e. the answer tokens and EOS of a question/answer example and
+        every token but the first of a plain text.
+    retain_term, retain_weight, retain_loss: whether retain batches joined the forget ones, the
+        weight of the retain term ("nll" or "kl") over them (0.0 and None without one).
+    processes: data-parallel processes (each draws its own micro-batches).
+    tokens: every non-padding token through the trained model (prompts included).
+    """
 
     steps: int
     epochs: float
+    examples_seen: dict[str, int]
+    distinct_examples: dict[str, int]
+    trained_tokens: dict[str, int]
+    retain_term: bool
+    retain_weight: float
+    retain_loss: str | None
+    processes: int
     losses: list[float]
     loss_terms: dict[str, list[float]]
     time_s: float
@@ -211,10 +246,10 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _warmup_then_linear_decay(total_steps, round(config.warmup_ratio * total_steps)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    drawn: list[int] = []  # forget item indices this process trained on
+    distinct: dict[str, set[int]] = {}  # per part, the items this process trained on
     stream = micro_batches(forget, retain, encode, config.batch_size, config.seed, pad_id,
                            accelerator.process_index, accelerator.num_processes, config.group_by_length,
-                           drawn=drawn)
+                           drawn=lambda part, indices: distinct.setdefault(part, set()).update(indices))
     parallel = accelerator.num_processes > 1
     compute_dtype = resolve_dtype(config.dtype, device.type)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == torch.bfloat16)
@@ -224,6 +259,8 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     losses: list[float] = []
     loss_terms: dict[str, list[float]] = {}
     tokens = 0
+    parts = [*forget, "retain"] if retain else list(forget)
+    seen, labelled = dict.fromkeys(parts, 0), dict.fromkeys(parts, 0)
     bar = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_main_process)  # shown in logs too
     start = time.perf_counter()
     try:
@@ -231,8 +268,12 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
             step_terms: dict[str, float] = {}
             diverged: TrainingDiverged | None = None
             for micro in range(config.grad_accum):
-                batch = {name: {k: v.to(device) for k, v in part.items()} for name, part in next(stream).items()}
-                tokens += sum(int(part["attention_mask"].sum()) for part in batch.values())
+                batch = next(stream)
+                for name, part in batch.items():  # counted on the CPU tensors: no device sync
+                    tokens += int(part["attention_mask"].sum())
+                    seen[name] += len(part["input_ids"])
+                    labelled[name] += int((part["labels"][:, 1:] != IGNORE_INDEX).sum())
+                batch = {name: {k: v.to(device) for k, v in part.items()} for name, part in batch.items()}
                 # Gradients are all-reduced across processes only on the last micro-batch of a step.
                 last = micro == config.grad_accum - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
@@ -277,13 +318,16 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
         bar.close()  # ends the progress line, so an error message starts a line of its own
     elapsed = time.perf_counter() - start
 
-    tokens = int(accelerator.reduce(torch.tensor(tokens, device=device), "sum"))
+    from accelerate.utils import gather_object
+
+    counts = accelerator.reduce(torch.tensor([tokens, *seen.values(), *labelled.values()], device=device), "sum")
+    tokens, *counts = (int(c) for c in counts)
+    seen, labelled = dict(zip(parts, counts[:len(parts)])), dict(zip(parts, counts[len(parts):]))
+    distinct_counts = {name: len(set(gather_object(sorted(distinct.get(name, ()))))) for name in parts}
     for p in frozen_here:
         p.requires_grad_(True)
-    shards = [sorted(set(drawn))]
+    shards = [sorted(distinct.get(next(iter(forget)), ()))]  # the forget items of each process
     if parallel:
-        from accelerate.utils import gather_object
-
         shards = gather_object(shards)
     owners: dict[int, int] = {}
     for shard in shards:
@@ -294,7 +338,10 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
         model = model.merge_and_unload()
     accelerator.free_memory()
     record = TrainingRecord(
-        steps=total_steps, epochs=total_steps * config.grad_accum / per_epoch, losses=losses,
+        steps=total_steps, epochs=total_steps * config.grad_accum / per_epoch, examples_seen=seen,
+        distinct_examples=distinct_counts, trained_tokens=labelled, retain_term=bool(retain),
+        retain_weight=config.retain_weight if retain else 0.0, retain_loss=config.retain_loss if retain else None,
+        processes=accelerator.num_processes, losses=losses,
         loss_terms=loss_terms if set(loss_terms) != {"loss"} else {}, time_s=elapsed, tokens=tokens,
         tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0,
         peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes(),
@@ -377,11 +424,37 @@ class LossUnlearner(Unlearner):
         config = self.config
         retain = self.retain_examples(data)
         reference = self.needs_reference or (retain is not None and config.retain_loss == "kl")
+        original = full_state_dict(model) if config.average_alpha is not None else None
         model, record = train(model, tokenizer, data.template, config, self.compute_loss,
                               self.forget_parts(data), retain, reference=reference, desc=self.name,
                               trainable_parameters=self.trainable_parameters)
+        averaging = self._average(model, tokenizer, data, original)
         return UnlearningResult(model, {"method": self.name, "selection": data.name,
-                                        "config": config_to_dict(config), **record.as_dict()})
+                                        "config": config_to_dict(config), **record.as_dict(),
+                                        "averaging": averaging})
+
+    def _average(self, model, tokenizer, data: UnlearningData, original) -> dict[str, Any]:
+        """The average_alpha post-step: load alpha * trained + (1 - alpha) * original into `model`;
+        returns what the record keeps ("alpha": None when averaging is off)."""
+        if original is None:
+            return {"alpha": None, "reason": "average_alpha unset: no averaging"}
+        started = time.perf_counter()
+        trained = full_state_dict(model)
+        if self.config.average_alpha == "auto":
+            alpha, info = self.choose_average_alpha(
+                model, tokenizer, data, lambda a: load_weights(model, interpolate(trained, original, a)))
+        else:
+            alpha, info = self.config.average_alpha, {"reason": "average_alpha from the config"}
+        load_weights(model, interpolate(trained, original, alpha))
+        return {"alpha": alpha, **info, "time_s": time.perf_counter() - started}
+
+    def choose_average_alpha(self, model, tokenizer, data: UnlearningData,
+                             set_alpha: Callable[[float], None]) -> tuple[float, dict[str, Any]]:
+        """The hook of average_alpha=auto: pick alpha for this run. `set_alpha(a)` loads the average
+        at `a` into `model`, which a scorer then scores (held-out data, never evaluation data: the
+        shared selection criterion); returns alpha and what to record beside it (a "reason" at
+        least). Not available yet: TrainingConfig.validate refuses "auto" until it is wired in."""
+        raise UlmrError(AVERAGE_AUTO_UNAVAILABLE)
 
 
 def _check_parts(forget: dict[str, list[Example]]) -> None:
