@@ -7,7 +7,8 @@ the leaderboard loop over registered benchmarks without naming any:
                    its CLI option and its profile section (`plan_class`, a dataclass)
     evaluation     the lm-eval tasks of a selection, their metadata, and how lm-eval's results
                    become the benchmark's flat metrics
-    unlearning     the UnlearningData that methods train on (never an evaluation doc)
+    unlearning     the UnlearningData that methods train on (never an evaluation doc), and the
+                   validation data that selection scores (neither trained on nor evaluated)
     preparation    the model unlearning starts from, the reference rows and the knowledge gate
     presentation   table columns, each column's better direction, the trade-off plot's axes
 
@@ -26,7 +27,7 @@ from typing import Any, ClassVar, Protocol
 
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
-from ulmr.unlearning.interface import UnlearningData
+from ulmr.unlearning.interface import UnlearningData, ValidationData
 
 ENTRY_POINT_GROUP = "ulmr_bench.benchmarks"
 
@@ -178,6 +179,14 @@ class Benchmark(abc.ABC):
     def evaluated_questions(self, selection: str, data_dir: str | None = None) -> set[str]:
         """Questions an evaluation task scores, which tuning must never validate on."""
         return set()
+
+    def validation_data(self, selection: str, data_dir: str | None = None) -> ValidationData | None:
+        """What selection (`ulmr-bench tune`, ULMR's alpha=auto) scores models on: items the prepared
+        model learned, that no evaluation task scores and no method trains on (docs/design.md,
+        "Benchmarks"). It depends on the selection only, so that every caller of `unlearning_data`
+        gets the same; a plug-in's `unlearning_data` attaches it, and its `prepare` trains on it.
+        None: the benchmark has none (tuning and alpha=auto then refuse to run)."""
+        return None
 
     # ---- preparation -----------------------------------------------------------------------
 
