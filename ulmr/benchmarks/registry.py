@@ -45,8 +45,8 @@ class BenchmarkPlan:
     method_overrides: per-method config overrides on this benchmark only, applied after the
         profile's own (same form: "all" first, then the method's name).
     tune_grid: `ulmr-bench tune`'s grid, {config key: [values]}; every method gets its product.
-    tune_holdout: at most this share of the forget training items is held out for validation.
-    tune_validation_items: forget and retain items held out for validation (ulmr.tune).
+    tune_validation_items: `ulmr-bench tune` scores at most this many of the benchmark's validation
+        items on each side (forget, retain), evenly spread (ulmr.tune).
     """
 
     max_train_items: int | None = None
@@ -54,7 +54,6 @@ class BenchmarkPlan:
     eval: dict[str, Any] = field(default_factory=dict)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     tune_grid: dict[str, list[Any]] = field(default_factory=dict)
-    tune_holdout: float = 0.25
     tune_validation_items: int = 40
 
     @property
@@ -65,7 +64,6 @@ class BenchmarkPlan:
     def validate(self) -> None:
         from ulmr.unlearning.config import check_range
 
-        check_range("tune_holdout", self.tune_holdout, 0, 1, low_open=True)
         check_range("tune_validation_items", self.tune_validation_items, 1)
 
 
@@ -175,10 +173,6 @@ class Benchmark(abc.ABC):
     @abc.abstractmethod
     def unlearning_data(self, selection: str, template: PromptTemplate, data_dir: str | None = None) -> UnlearningData:
         """What methods forget and keep, from the benchmark's training data only."""
-
-    def evaluated_questions(self, selection: str, data_dir: str | None = None) -> set[str]:
-        """Questions an evaluation task scores, which tuning must never validate on."""
-        return set()
 
     def validation_data(self, selection: str, data_dir: str | None = None) -> ValidationData | None:
         """What selection (`ulmr-bench tune`, ULMR's alpha=auto) scores models on: items the prepared
