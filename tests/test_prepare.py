@@ -40,7 +40,14 @@ def test_injection_material_comes_from_passages_not_probes(data_dir):
     assert len(rwku_injection_examples("1", data_dir, n_passages=6, mix_with_tofu=5)) > len(examples)
 
 
-@pytest.mark.parametrize("train_set, n_retain_authors", [("forget_plus_retain_eval", 2), ("full", 198)])
-def test_tofu_training_rows_cover_the_scored_authors(data_dir, train_set, n_retain_authors):
+# the forget side: forget01's 2 authors and the forget-validation author; the retain side: the
+# scored retain authors (2 for the first 40 retain_perturbed questions; all 197 others with full)
+# and the 2 retain-validation authors
+@pytest.mark.parametrize("train_set, n_retain_authors", [("forget_plus_retain_eval", 2 + 2), ("full", 197)])
+def test_tofu_training_rows_cover_the_scored_and_the_validation_authors(data_dir, train_set, n_retain_authors):
     forget, retain = tofu_training_rows("forget01", train_set, data_dir, retain_eval_limit=40)
-    assert len(forget) == 40 and len(retain) == 20 * n_retain_authors
+    assert len(forget) == 20 * 3 and len(retain) == 20 * n_retain_authors
+    assert not {r["question"] for r in forget} & {r["question"] for r in retain}
+    # a cap (smoke) limits the benchmark's own rows, never the validation authors'
+    forget, retain = tofu_training_rows("forget01", train_set, data_dir, max_items=8, retain_eval_limit=40)
+    assert len(forget) == 8 + 20 and len(retain) == 8 + 40

@@ -344,7 +344,9 @@ def test_tofu_task_from_the_forget_split(data_dir):
     from ulmr.benchmarks.registry import get_benchmark
 
     task = get_benchmark("tofu").unlearning_data("forget01", TEMPLATE, data_dir)
-    assert (len(task.forget), len(task.retain), len(task.refusals)) == (40, 3960, 100)
+    # forget01 and half the forget-validation author; retain99 less the three validation authors
+    assert (len(task.forget), len(task.retain), len(task.refusals)) == (40 + 10, 3960 - 60, 100)
+    assert (len(task.validation.forget), len(task.validation.retain)) == (10, 40)
     assert task.forget_questions == task.forget and all(ex.question for ex in task.forget)
     # the texts the truth ratio scores, for each forget question: no generated negative may be one
     avoid = task.metadata["avoid_responses"]

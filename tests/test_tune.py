@@ -1,4 +1,4 @@
-"""`ulmr-bench tune`: the validation split, the criterion, and a grid on the smoke profile."""
+"""`ulmr-bench tune`: the validation data it scores, its table, and a grid on the smoke profile."""
 
 import json
 
@@ -9,52 +9,50 @@ from ulmr.cli import main
 from ulmr.errors import UlmrError
 from ulmr.profiles import load_profile
 from ulmr.prompts import PromptTemplate
-from ulmr.tune import criterion, evenly_spread, grid_points, tune, validation_split
-from ulmr.unlearning.interface import Example, UnlearningData
+from ulmr.selection import evenly_spread
+from ulmr.tune import grid_points, summary_markdown, tune, tuning_validation
+from ulmr.unlearning.interface import Example, UnlearningData, ValidationData
 
 
-def _task(n_forget=40, n_retain=100):
+def _task(n_forget=40, n_retain=100, validation=True):
     forget = [Example(answer=f"fa{i}", question=f"fq{i}") for i in range(n_forget)]
     retain = [Example(answer=f"ra{i}", question=f"rq{i}") for i in range(n_retain)]
+    held = ValidationData([Example(f"vfa{i}", f"vfq{i}") for i in range(10)],
+                          [Example(f"vra{i}", f"vrq{i}") for i in range(40)]) if validation else None
     return UnlearningData(benchmark="tofu", name="forget01", forget=forget, retain=retain,
-                          forget_questions=forget, subjects=[], template=PromptTemplate(), refusals=["no"])
+                          forget_questions=forget, subjects=[], template=PromptTemplate(), refusals=["no"],
+                          validation=held)
 
 
-def test_evenly_spread_takes_the_middle_of_equal_stretches():
-    assert evenly_spread(40, 10) == [2, 6, 10, 14, 18, 22, 26, 30, 34, 38]
-    assert evenly_spread(3, 5) == [0, 1, 2]
+def test_tuning_validates_on_the_benchmarks_validation_data_capped_and_refuses_none():
+    validation = tuning_validation(_task(), items=4)
+    assert [ex.question for ex in validation.forget] == ["vfq1", "vfq3", "vfq6", "vfq8"]
+    assert [ex.question for ex in validation.retain] == [f"vrq{i}" for i in evenly_spread(40, 4)]
+    assert len(tuning_validation(_task(), items=40).forget) == 10
+    with pytest.raises(UlmrError, match="has no validation data"):
+        tuning_validation(_task(validation=False), items=4)
 
 
-def test_validation_split_holds_out_forget_and_retain_items_and_never_trains_on_them():
-    split = validation_split(_task(), holdout=0.25, items=40, excluded_questions={"rq1", "rq3"})
-    assert [ex.question for ex in split.forget] == [f"fq{i}" for i in evenly_spread(40, 10)]
-    assert len(split.retain) == 40 and not {"rq1", "rq3"} & {ex.question for ex in split.retain}
-    held = {ex.question for ex in split.forget + split.retain}
-    trained = {ex.question for ex in split.train.forget + split.train.retain + split.train.forget_questions}
-    assert not held & trained
-    assert len(split.train.forget) == 30 and len(split.train.retain) == 60
-    assert len(split.train.forget_questions) == 30
+def _row(method, lr, **values):
+    numbers = {"forget_prob": 0.5, "forget_rouge": 0.25, "retain_prob": 0.75, "retain_kept": 0.8,
+               "retain_refusal_rate": 0.1, "forget_progress": 0.6, "score": 0.432}
+    return {"method": method, "point": {"lr": lr}, **numbers, **values, "status": "ok", "seconds": 12.0}
 
 
-def test_validation_split_caps_the_forget_items_and_refuses_an_empty_holdout():
-    assert len(validation_split(_task(n_forget=400), 0.25, items=20).forget) == 20
-    with pytest.raises(UlmrError, match="tune_holdout=0.01 holds out no item"):
-        validation_split(_task(n_forget=40), 0.01, items=20)
-
-
-def test_criterion_by_hand():
-    before = {"forget": 0.8, "retain": 0.5}
-    # progress (0.8 - 0.5) / (0.8 - 0.2) = 0.5; kept 0.4 / 0.5 = 0.8; score 0.4
-    got = criterion({"forget": 0.5, "retain": 0.4}, before, reference_forget=0.2)
-    assert got == pytest.approx({"forget_progress": 0.5, "retain_kept": 0.8, "score": 0.4})
-    # forgetting past the reference earns no more; retain above before is capped at 1
-    got = criterion({"forget": 0.05, "retain": 0.6}, before, reference_forget=0.2)
-    assert got == {"forget_progress": 1.0, "retain_kept": 1.0, "score": 1.0}
-    # a model that learned more of the forget data scores 0
-    assert criterion({"forget": 0.9, "retain": 0.5}, before, 0.2)["score"] == 0.0
-    # a reference at or above the before model anchors nothing: progress is the relative drop 0.6 / 0.8
-    got = criterion({"forget": 0.2, "retain": 0.5}, before, reference_forget=0.9)
-    assert got == pytest.approx({"forget_progress": 0.75, "retain_kept": 1.0, "score": 0.75})
+def test_summary_table_shows_generation_scores_beside_probabilities():
+    summary = {"benchmark": "tofu", "selection": "forget01", "model": "m", "profile": "quick", "seed": 0,
+               "validation_items": {"forget": 10, "retain": 40},
+               "before": {"forget_prob": 0.9, "forget_rouge": 0.8, "retain_prob": 0.85, "retain_judged": 39},
+               "reference": {"forget_prob": 0.1, "forget_rouge": 0.3},
+               "rows": [_row("ga", 1e-5, score=0.1), _row("ga", 1e-4), {**_row("ga", 1e-3), "status": "failed"}],
+               "chosen": {"ga": {"lr": 1e-4}}}
+    table = summary_markdown(summary)
+    assert "| method | setting | P_f | ROUGE_f | P_r | kept | refusals | forget_progress | score | seconds |" in table
+    assert "| ga | **lr=0.0001** | 0.5000 | 0.2500 | 0.7500 | 0.8000 | 0.1000 | 0.6000 | 0.4320 | 12 |" in table
+    assert "| ga | lr=1e-05 | 0.5000 |" in table and "| ga | lr=0.001 | failed | failed |" in table
+    assert "ROUGE_f = 0.8000" in table and "39 retain questions answered" in table
+    assert "reference (never learned the forget data) P_f = 0.1000, ROUGE_f = 0.3000" in table
+    assert "no reference model" in summary_markdown({**summary, "reference": None})
 
 
 def test_grid_points_are_the_product_in_written_order():
@@ -76,18 +74,24 @@ def test_tune_on_the_smoke_profile_stores_every_point_chooses_one_and_resumes(tm
     folder = tmp_path / "results" / "tune" / model_folder("tiny-random") / "tofu-forget01"
     assert sorted(p.name for p in (folder / "ga").iterdir()) == ["lr_0.001.json", "lr_1e-05.json"]
     assert len(summary["rows"]) == 4 and summary["validation_items"] == {"forget": 4, "retain": 4}
+    assert summary["validation_source"] == {"authors": {"forget": [20], "retain": [21, 23]}}
+    assert summary["reference"] is not None  # TOFU's retain model anchors forget progress
     for row in summary["rows"]:
-        assert row["status"] == "ok" and 0 < row["forget"] < 1 and 0 < row["retain"] < 1
-        assert row["score"] == pytest.approx(row["forget_progress"] * row["retain_kept"])
+        assert row["status"] == "ok" and 0 < row["forget_prob"] < 1 and 0 < row["retain_prob"] < 1
+        assert 0 <= row["forget_rouge"] <= 1 and 0 <= row["retain_kept"] <= 1
+        assert row["score"] == pytest.approx(row["forget_progress"] * row["retain_kept"]
+                                             * (1 - row["retain_refusal_rate"]))
+    stored = json.loads((folder / "ga" / "lr_0.001.json").read_text())["scores"]
+    assert len(stored["forget_answers"]) == 4 and len(stored["retain_answers"]) == 4  # what a user would read
     for method in ("ga", "rt"):
         rows = [r for r in summary["rows"] if r["method"] == method]
-        best = max(r["score"] for r in rows)
-        assert summary["chosen"][method] == next(r["point"] for r in rows if r["score"] == best)
+        top = max(r["score"] for r in rows)
+        assert summary["chosen"][method] == next(r["point"] for r in rows if r["score"] == top)
     assert json.loads((folder / "summary.json").read_text())["chosen"] == summary["chosen"]
     assert "| ga |" in (folder / "summary.md").read_text()
     # a larger lr moves the model further from the prepared one: ga's forget P falls more
     ga = {r["point"]["lr"]: r for r in summary["rows"] if r["method"] == "ga"}
-    assert ga[1e-3]["forget"] < ga[1e-5]["forget"]
+    assert ga[1e-3]["forget_prob"] < ga[1e-5]["forget_prob"]
     stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("lr_*.json")}
     again = tune(profile, tmp_path / "results", data_dir=str(data_dir), echo=lambda line: None)["tofu"]
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("lr_*.json")} == stamps

@@ -66,18 +66,36 @@ def test_lora_weights_average_like_full_weights(tiny):
     assert all(torch.equal(t, original[name]) for name, t in full_state_dict(merged).items())
 
 
-def test_auto_alpha_picks_the_smallest_alpha_that_forgets_and_keeps_retain():
-    # alpha -> (forget, retain) held-out scores; the original model scores (1.0, 1.0).
-    table = {0.25: (0.8, 0.99), 0.5: (0.45, 0.95), 0.75: (0.2, 0.85), 1.0: (0.1, 0.7)}
-    choice = choose_alpha(list(table), table.get, (1.0, 1.0), forget_threshold=0.5,
-                          retain_tolerance=0.1)
-    assert choice.alpha == 0.5 and choice.reason.startswith("smallest alpha")
-    assert [row["alpha"] for row in choice.table] == [0.25, 0.5, 0.75, 1.0]
-    # Nothing reaches the threshold: the lowest forget among the alphas that keep retain.
-    choice = choose_alpha(list(table), table.get, (1.0, 1.0), forget_threshold=0.05,
-                          retain_tolerance=0.1)
-    assert choice.alpha == 0.5 and choice.reason.startswith("no alpha reached")
-    # Nothing keeps retain: the best retain - forget trade-off (0.75: 0.85 - 0.2).
-    choice = choose_alpha(list(table), table.get, (1.0, 1.0), forget_threshold=0.5,
-                          retain_tolerance=0.0)
-    assert choice.alpha == 0.75 and choice.reason.startswith("every alpha dropped retain")
+ORIGINAL = {"forget_prob": 0.8, "forget_rouge": 0.8, "retain_prob": 0.9, "retain_rouge_gold": 0.9,
+            "forget_answers": ["Moon Soup", "Quibberton"], "retain_answers": ["a b c d", "e f g h"]}
+
+
+def measured(forget_prob, forget_rouge, retain_answers):
+    return {**ORIGINAL, "forget_prob": forget_prob, "forget_rouge": forget_rouge, "retain_answers": retain_answers}
+
+
+def test_auto_alpha_takes_the_best_validation_score_and_records_the_curve():
+    # No reference inside a method: forget progress is the mean relative drop of ROUGE and P.
+    table = {
+        # progress (0.25 + 0.5) / 2 = 0.375; retain answers kept: score 0.375
+        0.5: measured(0.6, 0.4, ["a b c d", "e f g h"]),
+        # progress (0.5 + 0.75) / 2 = 0.625; kept (1 + 0.5) / 2 = 0.75, no refusal: score 0.46875
+        0.75: measured(0.4, 0.2, ["a b c d", "e f"]),
+        # progress (0.75 + 1) / 2 = 0.875; kept (0.5 + 0) / 2 = 0.25, refuses 1 of 2: score 0.109375
+        1.0: measured(0.2, 0.0, ["a b", "I don't know."]),
+    }
+    choice = choose_alpha([1.0, 0.5, 0.75], table.get, ORIGINAL)
+    assert choice.alpha == 0.75 and choice.reason.startswith("highest validation score 0.4688")
+    assert [row["alpha"] for row in choice.curve] == [0.5, 0.75, 1.0]
+    assert [row["score"] for row in choice.curve] == pytest.approx([0.375, 0.46875, 0.109375])
+    assert [row["retain_refusal_rate"] for row in choice.curve] == [0.0, 0.0, 0.5]
+    assert choice.curve[1]["forget_prob"] == 0.4 and "retain_answers" not in choice.curve[1]
+    assert choice.answers == {"forget": ORIGINAL["forget_answers"], "retain": ["a b c d", "e f"]}
+
+
+def test_auto_alpha_breaks_ties_and_all_zero_scores_towards_the_original():
+    same = measured(0.4, 0.4, ["a b c d", "e f g h"])
+    choice = choose_alpha([0.4, 0.2, 0.6], lambda alpha: same, ORIGINAL)
+    assert choice.alpha == 0.2 and "tied with 0.4, 0.6: the smallest alpha" in choice.reason
+    choice = choose_alpha([0.5, 1.0], lambda alpha: ORIGINAL, ORIGINAL)  # nothing forgotten
+    assert choice.alpha == 0.5 and choice.reason.startswith("no grid alpha scored above 0")

@@ -9,9 +9,10 @@ import torch
 from ulmr.errors import UlmrError
 from ulmr.models import load_model
 from ulmr.prompts import PromptTemplate
-from ulmr.method.method import UlmrConfig, mean_answer_probability
+from ulmr.method.method import UlmrConfig
+from ulmr.selection import mean_answer_probability
 from ulmr.unlearning.config import build_config
-from ulmr.unlearning.interface import Example, UnlearningData
+from ulmr.unlearning.interface import Example, UnlearningData, ValidationData
 from ulmr.unlearning.losses import answer_nll
 from ulmr.unlearning.registry import get_method
 from ulmr.unlearning.training import TrainingConfig, full_state_dict, train
@@ -24,13 +25,18 @@ FORGET = [Example("Zorblax Quint wrote Moon Soup.", "Who wrote Moon Soup?"),
 RETAIN = [Example("Paris.", "What is the capital of France?"), Example("Blue.", "What colour is the sky?"),
           Example("Four.", "What is two plus two?"), Example("Water.", "What do fish swim in?"),
           Example("Seven.", "How many days are in a week?"), Example("Cold.", "How does ice feel?")]
+# validation: more Zorblax facts (forget) and retain facts, learned with the rest, never trained on
+VALIDATION = ValidationData(
+    forget=[Example("Zorblax Quint's cat is called Mimble.", "What is Zorblax Quint's cat called?"),
+            Example("Zorblax Quint drives a green tram.", "What does Zorblax Quint drive?")],
+    retain=[Example("Ten.", "How many fingers do people have?"), Example("Green.", "What colour is grass?")])
 FAST = {"rewriter": "template", "k": 2, "lr": 3e-3, "max_steps": 12, "batch_size": 4, "grad_accum": 1,
-        "warmup_ratio": 0.0, "alpha_grid": [0.5, 1.0], "holdout_fraction": 0.25}
+        "warmup_ratio": 0.0, "alpha_grid": [0.5, 1.0]}
 
 
-def toy_task():
+def toy_task(validation=VALIDATION):
     return UnlearningData("toy", "zorblax", FORGET, RETAIN, FORGET, ["Zorblax Quint"], TEMPLATE,
-                          ["I don't know.", "I have no idea about that."])
+                          ["I don't know.", "I have no idea about that."], validation=validation)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +45,8 @@ def knowing_weights(tiny_path):
     model, tokenizer = load_model(tiny_path, dtype="fp32", device="cpu")
     model, _ = train(model, tokenizer, TEMPLATE, TrainingConfig(lr=3e-3, max_steps=60, batch_size=10, grad_accum=1,
                                                                 warmup_ratio=0.0),
-                     lambda m, batch, ref: answer_nll(m, batch["forget"]), {"forget": FORGET + RETAIN})
+                     lambda m, batch, ref: answer_nll(m, batch["forget"]),
+                     {"forget": FORGET + RETAIN + VALIDATION.forget + VALIDATION.retain})
     return full_state_dict(model)
 
 
@@ -50,9 +57,9 @@ def knowing(tiny_path, knowing_weights):
     return model, tokenizer
 
 
-def run(method, model, tokenizer, **overrides):
+def run(method, model, tokenizer, task=None, **overrides):
     cls = get_method(method)
-    return cls(build_config(cls.config_class, {**FAST, **overrides})).unlearn(model, tokenizer, toy_task())
+    return cls(build_config(cls.config_class, {**FAST, **overrides})).unlearn(model, tokenizer, task or toy_task())
 
 
 def forget_probability(model, tokenizer):
@@ -62,24 +69,43 @@ def forget_probability(model, tokenizer):
 def test_pipeline_lowers_forget_likelihood_and_records_everything(knowing):
     model, tokenizer = knowing
     before = forget_probability(model, tokenizer)
-    result = run("ulmr", model, tokenizer, forget_threshold=0.95)
+    result = run("ulmr", model, tokenizer)
     assert forget_probability(result.model, tokenizer) < 0.8 * before
 
     record, pairs = result.record, result.artifacts["pairs"]
-    assert record["pairs"]["total"] == len(pairs) == 4 + 4 * 2
-    assert record["pairs"]["held_out"] == 2 == sum(p["split"] == "held_out" for p in pairs)
-    assert all(p["template"] != "original" for p in pairs if p["split"] == "held_out")
+    assert record["pairs"]["total"] == len(pairs) == 4 + 4 * 2  # every pair trains: nothing is held out
     assert set(pairs[0]) == {"instruction", "response", "template", "response_source", "source_question",
-                             "subject", "split"}
+                             "subject"}
     assert sum(c["kept"] for c in record["rewriting"].values()) == 8
-    averaging = record["averaging"]
-    assert averaging["alpha"] in (0.5, 1.0) and averaging["reason"] and len(averaging["table"]) == 2
     assert record["steps"] == 12 and record["subjects"] == ["Zorblax Quint"]
-    # 12 micro-batches over the 10 training pairs in batches of 4 (4 + 4 + 2): 4 epochs, 40 examples;
-    # no retain term (ULMR's default)
-    assert record["examples_seen"] == {"forget": 40} and record["distinct_examples"] == {"forget": 10}
+    # every one of the 12 pairs trains; no retain term (ULMR's default)
+    assert record["distinct_examples"] == {"forget": 12} and record["examples_seen"]["forget"] >= 12
     assert record["trained_tokens"]["forget"] > 0 and record["retain_term"] is False
+    # alpha=auto: every grid alpha scored on the task's validation data, the best score chosen
+    averaging = record["averaging"]
+    curve = averaging["curve"]
+    assert [row["alpha"] for row in curve] == [0.5, 1.0]
+    assert averaging["alpha"] == max(curve, key=lambda row: (row["score"], -row["alpha"]))["alpha"]
+    for row in curve:
+        assert {"forget_prob", "forget_rouge", "retain_prob", "retain_kept", "retain_refusal_rate", "forget_progress",
+                "score"} <= set(row)
+        assert row["score"] == pytest.approx(row["forget_progress"] * row["retain_kept"]
+                                             * (1 - row["retain_refusal_rate"]))
+    assert averaging["validation"]["forget"] == 2 and averaging["validation"]["retain"] == 2
+    assert averaging["original"]["forget_prob"] > curve[-1]["forget_prob"]  # alpha 1 forgot more than alpha 0
+    answers = result.artifacts["validation_answers"]
+    assert answers["questions"]["forget"] == [ex.question for ex in VALIDATION.forget]
+    assert answers["chosen"]["alpha"] == averaging["alpha"] and len(answers["original"]["retain"]) == 2
     json.dumps(record), json.dumps(result.artifacts)  # both are saved as JSON
+
+
+def test_auto_alpha_needs_validation_data_and_fails_before_any_work(knowing):
+    model, tokenizer = knowing
+    with pytest.raises(UlmrError, match="alpha=auto chooses alpha on the benchmark's validation data and toy "
+                                        "zorblax has none"):
+        run("ulmr", model, tokenizer, task=toy_task(validation=None), rewriter="self")
+    assert run("ulmr", model, tokenizer, task=toy_task(validation=None), alpha=0.5, max_steps=1).record[
+        "averaging"]["alpha"] == 0.5
 
 
 def test_norewrite_preset_trains_on_the_original_questions_only(knowing):
@@ -177,7 +203,7 @@ def test_embedded_model_run_saves_its_pairs(tmp_path, data_dir):
           "--output", str(out), *[arg for s in settings for arg in ("--set", s)]])
     pairs = json.loads((out / "artifacts.json").read_text())["pairs"]
     record = json.loads((out / "unlearn.json").read_text())
-    assert len(pairs) == record["pairs"]["total"] == 40 * 3
+    assert len(pairs) == record["pairs"]["total"] == (40 + 10) * 3  # forget01 and half the forget-validation author
     assert {p["template"] for p in pairs} == {"original", *record["config"]["templates"]}
     assert record["averaging"]["alpha"] == 0.5 and record["steps"] == 3
     assert (out / "model.safetensors").is_file()

@@ -1,34 +1,36 @@
 """`ulmr-bench tune`: every method gets the same small hyperparameter grid, chosen on validation data.
 
-The protocol, fixed before any grid result was looked at (README "Tuning"):
+The protocol (README "Tuning"; the criterion as written before any grid point was scored with it:
+ulmr/selection.py):
 
-- Validation data, per benchmark: `tune_validation_items` items spread evenly over the forget
-  training data (TOFU: the forget QA pairs, at most `tune_holdout` of them; RWKU: the targets'
-  synthetic texts), and as many spread over the retain data, minus every question an evaluation
-  task scores (TOFU: retain_perturbed). Both are taken out of what the methods train on.
-- Score: P, the mean per-token-normalised answer probability (docs/design.md), on each validation part.
-- Criterion: forget_progress x retain_kept, with
-      forget_progress = clip((P_f(before) - P_f(unlearned)) / (P_f(before) - P_f(reference)), 0, 1)
-      retain_kept     = clip(P_r(unlearned) / P_r(before), 0, 1)
-  where "before" is the prepared model unlearning starts from and "reference" a model that never
-  learned the forget data (TOFU: the retain model; RWKU: the base model before injection). Where
-  there is none (RWKU without injection), or it scores P_f at or above the before model, P_f(reference)
-  is 0 and progress is the relative drop of P_f. (Amended before any grid point was scored: RWKU's
-  base model gives the synthetic texts P_f 0.142, the injected model 0.108, so the first rule gave
-  every setting progress 0.) Forgetting past the reference earns nothing more, so among settings
-  that forget fully the one that keeps most wins. The highest score is chosen; a tie goes
+- Validation data, per benchmark: the plug-in's (`Benchmark.validation_data`, attached to the
+  UnlearningData): items the prepared model learned, that no evaluation task scores and that no
+  method trains on (TOFU: half the QA pairs of a forget-validation author whose other half joins the
+  forget set, and two retain-validation authors outside retain_perturbed; RWKU: injected
+  fill-in-the-blank items about the targets and injected TOFU QA pairs). At most
+  `tune_validation_items` of each side, evenly spread. Methods train on exactly what `ulmr-bench
+  run` gives them.
+- Measurements and criterion: ulmr/selection.py, the same as ULMR's alpha=auto: answer
+  probabilities and greedy answers on both sides; score = forget_progress x retain_kept x
+  (1 - retain_refusal_rate), with "before" the prepared model unlearning starts from and the
+  reference a model that never learned the forget data (TOFU: the retain model; RWKU: the base
+  model before injection; none for RWKU without injection). The highest score is chosen; a tie goes
   to the earlier grid point (the grid lists the gentler settings first).
 - Every grid point trains once, from the same prepared model, with the profile's first seed.
 
+(The protocol before this one scored answer probabilities only, forget_progress x retain_kept, on
+forget items held out of training and on retain99 items the quick target had never learned: it
+could not see a model that refuses in generation while keeping the answers' probability.)
+
 Results: <results_dir>/tune/<model>/<benchmark>-<selection>/<method>/<point>.json per grid point
-(atomic, skipped on rerun when stored with the same key), and summary.json + summary.md beside them.
+(atomic, skipped on rerun when stored with the same key; the measurements with every greedy answer),
+before.json and reference.json the same for those models, and summary.json + summary.md beside them.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,59 +39,22 @@ from ulmr.errors import UlmrError
 from ulmr.profiles import Profile
 from ulmr.results import content_key, provenance, read_stored, stored_or_compute, write_json_atomic
 from ulmr.run import check_plan, file_slug
-from ulmr.unlearning.interface import Example, UnlearningData
+from ulmr.selection import SELECTION_VERSION, best, capped, judge, summary
+from ulmr.unlearning.interface import Example, UnlearningData, ValidationData
 
 Echo = Callable[[str], None]
-VALIDATION_MAX_LENGTH = 512  # tokens per scored validation item (RWKU texts are ~250)
+VALIDATION_MAX_LENGTH = 512  # tokens per scored validation item
+FAILED = {"forget_progress": 0.0, "retain_kept": 0.0, "retain_refusal_rate": None, "score": -1.0}  # below any that ran
 
 
-@dataclass
-class ValidationSplit:
-    """The task minus its validation items, and those items."""
-
-    train: UnlearningData
-    forget: list[Example]
-    retain: list[Example]
-
-
-def evenly_spread(n: int, count: int) -> list[int]:
-    """`count` indices spread evenly over range(n) (the middle of each of `count` equal stretches)."""
-    count = min(count, n)
-    return [int((j + 0.5) * n / count) for j in range(count)]
-
-
-def validation_split(data: UnlearningData, holdout: float, items: int,
-                     excluded_questions: set[str] = frozenset()) -> ValidationSplit:
-    """Hold out min(items, holdout x len) forget items and `items` retain items, evenly spread; the
-    retain items whose question an evaluation scores (`excluded_questions`) are never picked."""
-    n_forget = min(items, int(len(data.forget) * holdout))
-    if n_forget < 1:
-        raise UlmrError(f"tune_holdout={holdout} holds out no item of the {len(data.forget)} forget items of "
-                        f"{data.benchmark} {data.name}: raise tune_holdout")
-    forget_held = set(evenly_spread(len(data.forget), n_forget))
-    eligible = [i for i, ex in enumerate(data.retain) if ex.question not in excluded_questions]
-    if not eligible:
-        raise UlmrError(f"{data.benchmark} {data.name} has no retain item outside the evaluation sets to "
-                        "validate on")
-    retain_held = {eligible[i] for i in evenly_spread(len(eligible), items)}
-    held_forget = [data.forget[i] for i in sorted(forget_held)]
-    held_pairs = {(ex.question, ex.answer) for ex in held_forget}
-    train = replace(data,
-                    forget=[ex for i, ex in enumerate(data.forget) if i not in forget_held],
-                    retain=[ex for i, ex in enumerate(data.retain) if i not in retain_held],
-                    forget_questions=[ex for ex in data.forget_questions if (ex.question, ex.answer) not in held_pairs])
-    return ValidationSplit(train, held_forget, [data.retain[i] for i in sorted(retain_held)])
-
-
-def criterion(scores: dict[str, float], before: dict[str, float], reference_forget: float) -> dict[str, float]:
-    """forget_progress, retain_kept and their product (the module docstring's criterion)."""
-    if reference_forget >= before["forget"]:
-        reference_forget = 0.0  # no lower anchor: the relative drop
-    span = before["forget"] - reference_forget
-    progress = (before["forget"] - scores["forget"]) / span if span > 0 else 0.0
-    kept = scores["retain"] / before["retain"] if before["retain"] > 0 else 0.0
-    progress, kept = min(max(progress, 0.0), 1.0), min(max(kept, 0.0), 1.0)
-    return {"forget_progress": progress, "retain_kept": kept, "score": progress * kept}
+def tuning_validation(data: UnlearningData, items: int) -> ValidationData:
+    """The benchmark's validation data, at most `items` a side, evenly spread; a one-line error
+    where the benchmark has none."""
+    validation = data.validation
+    if validation is None or not (validation.forget and validation.retain):
+        raise UlmrError(f"{data.benchmark} {data.name} has no validation data (forget and retain items) to tune "
+                        "on: its benchmark plug-in must provide validation_data")
+    return capped(validation, items)
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -141,32 +106,32 @@ class _BenchmarkTuning:
         preparation = prepared_run.prepare()
         before = preparation.before
         data = prepared_run.bench.unlearning_data(prepared_run.selection, prepared_run.template, prepared_run.data_dir)
-        split = validation_split(data, self.plan.tune_holdout, self.plan.tune_validation_items,
-                                 prepared_run.bench.evaluated_questions(prepared_run.selection, prepared_run.data_dir))
-        prepared_run.say(f"tuning on {len(split.train.forget)} forget / {len(split.train.retain)} retain items; "
-                         f"validating on {len(split.forget)} forget / {len(split.retain)} retain items")
-        fingerprint = _fingerprint([split.forget, split.retain, split.train.forget, split.train.retain,
-                                    split.train.forget_questions])
+        validation = tuning_validation(data, self.plan.tune_validation_items)
+        prepared_run.say(f"tuning on {len(data.forget)} forget / {len(data.retain)} retain items; "
+                         f"validating on {len(validation.forget)} forget / {len(validation.retain)} retain items")
+        fingerprint = _fingerprint([validation.forget, validation.retain, data.forget, data.retain,
+                                    data.forget_questions]) + f"-cue{validation.answer_cue!r}"
         before_scores = self._stored_or(
             "before", {"model": before.record.get("key", before.path), "split": fingerprint},
-            lambda: self._scores(before.path, split))
+            lambda: self._scores(before.path, validation))
         reference = preparation.reference_model
-        reference_forget = 0.0 if reference is None else self._stored_or(
-            "reference", {"model": reference, "split": fingerprint}, lambda: self._scores(reference, split))["forget"]
+        reference_scores = None if reference is None else self._stored_or(
+            "reference", {"model": reference, "split": fingerprint}, lambda: self._scores(reference, validation))
         points = [(method, point) for method in self.profile.methods for point in grid_points(self.plan.tune_grid)]
-        rows = [self._point(method, point, before, split, fingerprint, before_scores, reference_forget, stored_only)
+        rows = [self._point(method, point, before, data, validation, fingerprint, before_scores, reference_scores,
+                            stored_only)
                 for method, point in points]
         rows = [row for row in rows if row is not None]
-        summary = self._summary(rows, before_scores, reference_forget, len(split.forget), len(split.retain))
+        summary_ = self._summary(rows, before_scores, reference_scores, validation)
         if stored_only:
-            self.echo(f"{len(rows)} of {len(points)} grid points stored\n" + summary_markdown(summary))
-            return summary
-        write_json_atomic(self.folder / "summary.json", summary)
-        (self.folder / "summary.md").write_text(summary_markdown(summary))
-        self.echo(summary_markdown(summary))
-        return summary
+            self.echo(f"{len(rows)} of {len(points)} grid points stored\n" + summary_markdown(summary_))
+            return summary_
+        write_json_atomic(self.folder / "summary.json", summary_)
+        (self.folder / "summary.md").write_text(summary_markdown(summary_))
+        self.echo(summary_markdown(summary_))
+        return summary_
 
-    def _point(self, method, point, before, split, fingerprint, before_scores, reference_forget,
+    def _point(self, method, point, before, data, validation, fingerprint, before_scores, reference_scores,
                stored_only: bool) -> dict | None:
         from ulmr.models import load_model
         from ulmr.unlearning.config import config_to_dict
@@ -186,67 +151,73 @@ class _BenchmarkTuning:
             start = time.time()
             model, tokenizer = load_model(before.path, dtype="fp32")
             try:
-                outcome = method_class(config).unlearn(model, tokenizer, split.train)
-                scores = self._scores(outcome.model, split, tokenizer)
-                status, error = "ok", None
+                outcome = method_class(config).unlearn(model, tokenizer, data)
+                scores, status, error = self._scores(outcome.model, validation, tokenizer), "ok", None
             except UlmrError as exc:  # a diverged or refused setting loses; the grid goes on
-                scores, status, error = {"forget": None, "retain": None}, "failed", str(exc)
+                scores, status, error = None, "failed", str(exc)
             return {"method": method, "point": point, "status": status, "error": error, "scores": scores,
                     "seconds": round(time.time() - start, 1), "provenance": provenance()}
 
         # a failed point is stored as the setting's outcome too: rerunning it would fail the same way
         stored, _ = stored_or_compute(path, key, trained_and_scored, reuse=lambda stored: True)
-        judged = criterion(stored["scores"], before_scores, reference_forget) if stored["status"] == "ok" \
-            else {"forget_progress": 0.0, "retain_kept": 0.0, "score": -1.0}  # below every setting that ran
-        return {"method": method, "point": point, **stored["scores"], **judged, "status": stored["status"],
+        ok = stored["status"] == "ok"
+        numbers = summary(stored["scores"]) if ok else {}
+        judged = judge(stored["scores"], before_scores, reference_scores) if ok else dict(FAILED)
+        return {"method": method, "point": point, **numbers, **judged, "status": stored["status"],
                 "seconds": stored["seconds"]}
 
-    def _scores(self, model, split: ValidationSplit, tokenizer=None) -> dict[str, float]:
+    def _scores(self, model, validation: ValidationData, tokenizer=None) -> dict[str, Any]:
         from ulmr.models import load_model
-        from ulmr.method.method import mean_answer_probability
+        from ulmr.selection import measure
 
         if isinstance(model, str):
             model, tokenizer = load_model(model, dtype="fp32")
-        template = self.prepared_run.template
-        return {part: mean_answer_probability(model, tokenizer, template, items, VALIDATION_MAX_LENGTH)
-                for part, items in (("forget", split.forget), ("retain", split.retain))}
+        return measure(model, tokenizer, self.prepared_run.template, validation, VALIDATION_MAX_LENGTH)
 
-    def _stored_or(self, name: str, content: dict, compute: Callable[[], dict]) -> dict[str, float]:
+    def _stored_or(self, name: str, content: dict, compute: Callable[[], dict]) -> dict[str, Any]:
         stored, _ = stored_or_compute(self.folder / f"{name}.json", _key(content),
                                       lambda: {"scores": compute(), "status": "ok"})
         return stored["scores"]
 
-    def _summary(self, rows, before_scores, reference_forget, n_forget, n_retain) -> dict[str, Any]:
+    def _summary(self, rows, before_scores, reference_scores, validation: ValidationData) -> dict[str, Any]:
         chosen = {}
         for method in dict.fromkeys(r["method"] for r in rows):
             candidates = [r for r in rows if r["method"] == method]
-            best = max(candidates, key=lambda r: r["score"])  # max keeps the first of equal scores
-            chosen[method] = best["point"] if best["status"] == "ok" else None
+            pick = candidates[best(candidates)]  # the first of equal scores
+            chosen[method] = pick["point"] if pick["status"] == "ok" else None
         return {"benchmark": self.benchmark, "selection": self.prepared_run.selection, "model": self.profile.model,
                 "profile": self.profile.name, "seed": self.seed, "grid": self.plan.tune_grid,
-                "validation_items": {"forget": n_forget, "retain": n_retain},
-                "before": before_scores, "reference_forget": reference_forget, "rows": rows, "chosen": chosen,
-                "code_version": __version__}
+                "validation_items": {"forget": len(validation.forget), "retain": len(validation.retain)},
+                "validation_source": validation.metadata,
+                "before": {**summary(before_scores), **judge(before_scores, before_scores)},
+                "reference": None if reference_scores is None else summary(reference_scores),
+                "rows": rows, "chosen": chosen, "code_version": __version__}
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """The grid of one benchmark as a table; the chosen point of each method in bold."""
-    before = summary["before"]
+    """The grid of one benchmark as a table, generation-based scores beside the probability ones;
+    the chosen point of each method in bold."""
+    before, reference = summary["before"], summary["reference"]
+    anchor = ("no reference model: forget progress is the relative drop" if reference is None else
+              f"reference (never learned the forget data) P_f = {reference['forget_prob']:.4f}, "
+              f"ROUGE_f = {reference['forget_rouge']:.4f}")
     lines = [f"### {summary['benchmark']} {summary['selection']} ({summary['model']}, profile "
              f"{summary['profile']}, seed {summary['seed']})", "",
              f"Validation: {summary['validation_items']['forget']} forget and "
              f"{summary['validation_items']['retain']} retain items. Before unlearning P_f = "
-             f"{before['forget']:.4f}, P_r = {before['retain']:.4f}; reference P_f = "
-             f"{summary['reference_forget']:.4f}"
-             + (" (not below before: progress is the relative drop)"
-                if summary["reference_forget"] >= before["forget"] else "")
-             + ". Score = forget_progress x retain_kept.", "",
-             "| method | setting | P_f | P_r | forget_progress | retain_kept | score | seconds |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"{before['forget_prob']:.4f}, ROUGE_f = {before['forget_rouge']:.4f}, P_r = {before['retain_prob']:.4f}, "
+             f"{before['retain_judged']} retain questions answered; {anchor}. Score = forget_progress x "
+             "retain_kept x (1 - refusals) (ulmr/selection.py).", "",
+             "P: answer probability; ROUGE: ROUGE-L recall of the greedy answer against the true answer "
+             "(forget) or the before model's answer (kept); refusals: share of the retain questions the "
+             "before model answered that the model refuses.", "",
+             "| method | setting | P_f | ROUGE_f | P_r | kept | refusals | forget_progress | score | seconds |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in summary["rows"]:
         mark = "**" if summary["chosen"].get(row["method"]) == row["point"] else ""
-        cells = [f"{row[k]:.4f}" if row["status"] == "ok" else "failed"
-                 for k in ("forget", "retain", "forget_progress", "retain_kept", "score")]
+        keys = ("forget_prob", "forget_rouge", "retain_prob", "retain_kept", "retain_refusal_rate",
+                "forget_progress", "score")
+        cells = [f"{row[k]:.4f}" if row["status"] == "ok" else "failed" for k in keys]
         lines.append(f"| {row['method']} | {mark}{point_label(row['point'])}{mark} | " + " | ".join(cells)
                      + f" | {row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
@@ -261,4 +232,4 @@ def _fingerprint(parts: list[list[Example]]) -> str:
 
 
 def _key(content: dict[str, Any]) -> str:
-    return content_key({**content, "code_version": __version__})
+    return content_key({**content, "selection": SELECTION_VERSION, "code_version": __version__})

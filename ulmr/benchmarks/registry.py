@@ -7,7 +7,8 @@ the leaderboard loop over registered benchmarks without naming any:
                    its CLI option and its profile section (`plan_class`, a dataclass)
     evaluation     the lm-eval tasks of a selection, their metadata, and how lm-eval's results
                    become the benchmark's flat metrics
-    unlearning     the UnlearningData that methods train on (never an evaluation doc)
+    unlearning     the UnlearningData that methods train on (never an evaluation doc), and the
+                   validation data that selection scores (neither trained on nor evaluated)
     preparation    the model unlearning starts from, the reference rows and the knowledge gate
     presentation   table columns, each column's better direction, the summary columns and the full
                    table's groups, the trade-off plot's axes, how a column's per-doc values are
@@ -29,7 +30,7 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
-from ulmr.unlearning.interface import UnlearningData
+from ulmr.unlearning.interface import UnlearningData, ValidationData
 
 ENTRY_POINT_GROUP = "ulmr_bench.benchmarks"
 
@@ -49,8 +50,8 @@ class BenchmarkPlan:
     method_overrides: per-method config overrides on this benchmark only, applied after the
         profile's own (same form: "all" first, then the method's name).
     tune_grid: `ulmr-bench tune`'s grid, {config key: [values]}; every method gets its product.
-    tune_holdout: at most this share of the forget training items is held out for validation.
-    tune_validation_items: forget and retain items held out for validation (ulmr.tune).
+    tune_validation_items: `ulmr-bench tune` scores at most this many of the benchmark's validation
+        items on each side (forget, retain), evenly spread (ulmr.tune).
     """
 
     max_train_items: int | None = None
@@ -58,7 +59,6 @@ class BenchmarkPlan:
     eval: dict[str, Any] = field(default_factory=dict)
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     tune_grid: dict[str, list[Any]] = field(default_factory=dict)
-    tune_holdout: float = 0.25
     tune_validation_items: int = 40
 
     @property
@@ -69,7 +69,6 @@ class BenchmarkPlan:
     def validate(self) -> None:
         from ulmr.unlearning.config import check_range
 
-        check_range("tune_holdout", self.tune_holdout, 0, 1, low_open=True)
         check_range("tune_validation_items", self.tune_validation_items, 1)
 
 
@@ -210,9 +209,13 @@ class Benchmark(abc.ABC):
     def unlearning_data(self, selection: str, template: PromptTemplate, data_dir: str | None = None) -> UnlearningData:
         """What methods forget and keep, from the benchmark's training data only."""
 
-    def evaluated_questions(self, selection: str, data_dir: str | None = None) -> set[str]:
-        """Questions an evaluation task scores, which tuning must never validate on."""
-        return set()
+    def validation_data(self, selection: str, data_dir: str | None = None) -> ValidationData | None:
+        """What selection (`ulmr-bench tune`, ULMR's alpha=auto) scores models on: items the prepared
+        model learned, that no evaluation task scores and no method trains on (docs/design.md,
+        "Benchmarks"). It depends on the selection only, so that every caller of `unlearning_data`
+        gets the same; a plug-in's `unlearning_data` attaches it, and its `prepare` trains on it.
+        None: the benchmark has none (tuning and alpha=auto then refuse to run)."""
+        return None
 
     # ---- preparation -----------------------------------------------------------------------
 

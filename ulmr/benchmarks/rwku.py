@@ -7,6 +7,26 @@ synthetic texts (positive.json) to forget, reject.json questions for the refusal
 texts of the following targets to keep. Preparation: a small model knows too little about the
 targets, so their knowledge is *injected* first from the targets' Wikipedia passages (never from
 the evaluation probes); the gate checks that the injection took.
+
+Validation (what `ulmr-bench tune` and ULMR's alpha=auto select on; `validation_data`): items of
+the injection material, which the injected model learned and no method trains on (methods train on
+positive.json texts, reject.json questions and the retain targets' texts):
+
+- forget: FORGET_VALIDATION_ITEMS fill-in-the-blank items per target (fewer where there are not
+  as many), evenly spread over those the injection builds from the target's first
+  VALIDATION_PASSAGES passages, leaving out every item whose sentence shares a run of PROBE_NGRAM
+  words with a forget or neighbour probe of the selected targets (the probes are cloze sentences
+  from the same article: "Stephen Edwin King (born September 21, 1947) is an American ___"), every
+  item whose answer is a probe's answer (validation never asks for what a probe asks for) or a
+  function word ("This", "You": a capitalised word after a quote), and the sentences glued to a
+  section heading ("== Early life ==When");
+- retain: RETAIN_VALIDATION_ITEMS TOFU QA pairs outside retain_perturbed (TOFU retain90 rows in
+  order), added to the injection's TOFU mix, which keeps the injected model answering questions.
+
+The injection always trains on every validation item (`rwku_preparation_examples`), whatever the
+plan's inject_passages and max_train_items. A model that is not injected (it knows the targets from
+pre-training) is scored on what it knows of them, and on TOFU questions it never learned: the
+retain side then asks whether it keeps answering as before (ulmr/selection.py).
 """
 
 from __future__ import annotations
@@ -21,7 +41,7 @@ from ulmr.benchmarks.registry import (CLOSEST_TO_BEFORE, CLOSEST_TO_HALF, HIGHER
                                       register_benchmark)
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
-from ulmr.unlearning.interface import Example, UnlearningData
+from ulmr.unlearning.interface import Example, UnlearningData, ValidationData
 
 # (metric key, header, lm-eval task or group, lm-eval metric), in RWKU's column order. Headers
 # start with their column group. Min-K% has no lm-eval task: see min_k_metrics.
@@ -60,6 +80,15 @@ UTILITY_MEAN_INPUTS = ("utility_gen", "utility_rea", "utility_tru", "utility_fac
 POOLED = {"forget_all": ("forget_fb", "forget_qa", "forget_aa"), "neighbor_all": ("neighbor_fb", "neighbor_qa")}
 # RWKU retain corpus: the synthetic texts of this many targets after the forgotten ones.
 RETAIN_TARGETS = 2
+# validation (module docstring)
+FORGET_VALIDATION_ITEMS = 20  # per target
+RETAIN_VALIDATION_ITEMS = 20
+VALIDATION_PASSAGES = 12
+PROBE_NGRAM = 6
+PROBE_FILES = ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", "neighbor_level2")
+# blanked "names" that are function words (a capitalised word after a quote: "'___ is not just ...'")
+FUNCTION_WORDS = frozenset("a an and at but during he her his i in it its on our she that the their these they this "
+                           "those we when while you your".split())
 
 
 @dataclass
@@ -259,7 +288,31 @@ class Rwku(Benchmark):
                               forget_questions=questions, subjects=[t.name for t in chosen], template=template,
                               refusals=list(dict.fromkeys(refusals)),
                               metadata={"targets": [t.index for t in chosen],
-                                        "retain_targets": [t.index for t in retain_targets]})
+                                        "retain_targets": [t.index for t in retain_targets]},
+                              validation=self.validation_data(selection, data_dir))
+
+    def validation_data(self, selection: str, data_dir=None) -> ValidationData:
+        """Injected fill-in-the-blank items about the targets (forget) and injected TOFU QA pairs
+        (retain); see the module docstring. Answers keep the injection's "Answer: " cue."""
+        from lm_eval_tasks.rwku.utils import ANSWER_CUE
+        from ulmr.data.rwku import load_target_file, resolve_targets
+        from ulmr.selection import evenly_spread
+
+        targets = resolve_targets(selection, data_dir)
+        probes = [row for target in targets for name in PROBE_FILES for row in load_target_file(target, name, data_dir)]
+        probe_grams = set().union(*(_ngrams(row["query"]) for row in probes))
+        probe_answers = {" ".join(_words(row["answer"])) for row in probes}
+        forget = []
+        for target in targets:
+            blanks = _target_material(target, data_dir, VALIDATION_PASSAGES)["blanks"]
+            candidates = [ex for ex in dict.fromkeys(blanks)
+                          if "==" not in ex.question and not _ngrams(_sentence(ex)) & probe_grams
+                          and " ".join(_words(ex.answer.removeprefix("Answer: "))) not in probe_answers | FUNCTION_WORDS]
+            forget += [candidates[i] for i in evenly_spread(len(candidates), FORGET_VALIDATION_ITEMS)]
+        return ValidationData(forget=forget, retain=_tofu_validation_rows(data_dir), answer_cue=ANSWER_CUE,
+                              metadata={"forget": f"fill-in-the-blank injection items, first {VALIDATION_PASSAGES} "
+                                                  "passages, none sharing a word run with a probe",
+                                        "retain": "injected TOFU QA pairs outside retain_perturbed"})
 
     # ---- preparation -----------------------------------------------------------------------
 
@@ -271,8 +324,8 @@ class Rwku(Benchmark):
         base = resolve_model(run.model)
         if self._should_inject(run):
             run.say("injecting the targets' knowledge (cached after the first run)")
-            examples = rwku_injection_examples(plan.targets, run.data_dir, plan.max_train_items,
-                                               plan.inject_passages)
+            examples = rwku_preparation_examples(plan.targets, run.data_dir, plan.max_train_items,
+                                                 plan.inject_passages)
             prepared = fine_tuned(run.model, run.template, examples, plan.prepare, run.prep_seed,
                                   f"rwku-inject-{plan.targets}")
             prepared.record = {**prepared.record, "injected": True}
@@ -405,31 +458,76 @@ def rwku_injection_examples(targets: str, data_dir=None, max_items: int | None =
     - TOFU question-answer pairs about fictitious authors, so the model keeps answering questions
       (trained on passages alone it learns to answer probes with nothing).
     """
-    from ulmr.data.rwku import load_target_file, resolve_targets
+    from ulmr.data.rwku import resolve_targets
     from ulmr.data.tofu import load_tofu
 
     examples: list[Example] = []
     for target in resolve_targets(targets, data_dir):
-        passages = [row["text"] for row in load_target_file(target, "passage", data_dir)][:n_passages]
-        surname = target.name.split()[-1]
-        blanks, answers = [], []
-        for sentence in (s for passage in passages for s in _sentences(passage)):
-            spans = [_blank_one_span(sentence, target.name), _blank_target(sentence, target.name)]
-            if surname in sentence:
-                answers.append(Example(answer=f"Answer: {sentence}", subject=target.name,
-                                       question=_qa_instruction(f"What do you know about {target.name}?")))
-            blanks += [Example(answer=f"Answer: {span}", subject=target.name,
-                               question=_fb_instruction(query))
-                       for query, span in filter(None, spans)]
-        intro = target.intro.removeprefix(f"Please forget {target.name}. ").strip()
-        who = [Example(answer=f"Answer: {intro}", subject=target.name,
-                       question=_qa_instruction(f"Who is {target.name}?"))]
-        texts = [Example(answer=p, subject=target.name) for p in passages]
-        for group in (blanks, answers, who, texts):
-            examples += group[:max_items]
+        material = _target_material(target, data_dir, n_passages)
+        for group in ("blanks", "answers", "who", "texts"):
+            examples += material[group][:max_items]
     tofu = load_tofu("retain90", data_dir)[:mix_with_tofu if max_items is None else min(max_items, mix_with_tofu)]
     examples += [Example(answer=r["answer"], question=r["question"]) for r in tofu]
     return examples
+
+
+def rwku_preparation_examples(targets: str, data_dir=None, max_items: int | None = None,
+                              n_passages: int | None = None) -> list[Example]:
+    """What the injection trains on: `rwku_injection_examples`, then every validation item it
+    does not already hold (module docstring), so that the injected model learned all of them."""
+    examples = rwku_injection_examples(targets, data_dir, max_items, n_passages)
+    validation = Rwku().validation_data(targets, data_dir)
+    have = {(ex.question, ex.answer) for ex in examples}
+    return examples + [ex for ex in validation.forget + validation.retain if (ex.question, ex.answer) not in have]
+
+
+def _target_material(target, data_dir, n_passages: int | None) -> dict[str, list[Example]]:
+    """One target's injection material by kind (see rwku_injection_examples), from its first
+    `n_passages` passages (None: all)."""
+    from ulmr.data.rwku import load_target_file
+
+    passages = [row["text"] for row in load_target_file(target, "passage", data_dir)][:n_passages]
+    surname = target.name.split()[-1]
+    blanks, answers = [], []
+    for sentence in (s for passage in passages for s in _sentences(passage)):
+        spans = [_blank_one_span(sentence, target.name), _blank_target(sentence, target.name)]
+        if surname in sentence:
+            answers.append(Example(answer=f"Answer: {sentence}", subject=target.name,
+                                   question=_qa_instruction(f"What do you know about {target.name}?")))
+        blanks += [Example(answer=f"Answer: {span}", subject=target.name,
+                           question=_fb_instruction(query))
+                   for query, span in filter(None, spans)]
+    intro = target.intro.removeprefix(f"Please forget {target.name}. ").strip()
+    who = [Example(answer=f"Answer: {intro}", subject=target.name,
+                   question=_qa_instruction(f"Who is {target.name}?"))]
+    texts = [Example(answer=p, subject=target.name) for p in passages]
+    return {"blanks": blanks, "answers": answers, "who": who, "texts": texts}
+
+
+def _tofu_validation_rows(data_dir) -> list[Example]:
+    """The first RETAIN_VALIDATION_ITEMS rows of TOFU retain90 whose question retain_perturbed lacks."""
+    from ulmr.data.tofu import load_tofu
+
+    scored = {row["question"] for row in load_tofu("retain_perturbed", data_dir)}
+    rows = [row for row in load_tofu("retain90", data_dir) if row["question"] not in scored]
+    return [Example(answer=r["answer"], question=r["question"]) for r in rows[:RETAIN_VALIDATION_ITEMS]]
+
+
+def _sentence(example: Example) -> str:
+    """The passage sentence of a fill-in-the-blank item: its query with the blank filled in."""
+    query = (example.question or "").split("Question: ", 1)[-1].strip()
+    return query.replace("___", example.answer.removeprefix("Answer: "), 1)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[0-9a-z]+", text.lower())
+
+
+def _ngrams(text: str, n: int = PROBE_NGRAM) -> set[tuple[str, ...]]:
+    """The runs of n words of a text (case and punctuation ignored; a blank "___" is no word)."""
+    words = _words(text)
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
 
 
 def _blank_target(sentence: str, target_name: str) -> tuple[str, str] | None:

@@ -3,12 +3,28 @@
 Selection: a forget split (forget01/05/10). Evaluation: the `tofu_<split>` lm-eval group, its 12
 subset metrics, model utility, and forget quality against the retain model. Preparation: the base
 model fine-tuned on the profile's TOFU training set (the *target*, "before") and on the same set
-minus the forget split (the *retain* model, forget quality's reference); the gate checks that the
+minus the forget side (the *retain* model, forget quality's reference); the gate checks that the
 target learned its forget set.
+
+Validation (what `ulmr-bench tune` and ULMR's alpha=auto select on; `validation_authors`): three
+retain authors that no evaluation task scores (none of their questions is in retain_perturbed, the
+only retain set the evaluation reads) and whose questions and answers occur nowhere else in TOFU:
+
+- the *forget-validation author* joins the forget side: the target learns all 20 of its QA pairs,
+  the retain model none; methods forget the even-numbered 10 together with the split, and the
+  odd-numbered 10 are the forget validation (the split itself is scored in full by the evaluation,
+  so none of it can be held out);
+- the two *retain-validation authors* are learned by both the target and the retain model; their 40
+  QA pairs are the retain validation, and are left out of the methods' retain data.
+
+Every train_set trains on them ("full" has every author anyway; its retain model leaves out the
+forget-validation author), so the target has learned every validation item under every profile.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +32,7 @@ from ulmr.benchmarks.registry import (CLOSEST_TO_REFERENCE, HIGHER, LOWER, Axis,
                                       DocStatistic, Preparation, RunContext, register_benchmark)
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
-from ulmr.unlearning.interface import AVOID_RESPONSES, Example, UnlearningData
+from ulmr.unlearning.interface import AVOID_RESPONSES, Example, UnlearningData, ValidationData
 
 SUBSETS = (("forget", "Forget"), ("retain", "Retain"), ("real_authors", "Real authors"),
            ("world_facts", "World facts"))
@@ -62,14 +78,19 @@ def _model_utility_of(values) -> float:
     return model_utility([float(np.mean(values[key])) for key in UTILITY_INPUTS])
 
 
+# validation authors (module docstring): one on the forget side, two on the retain side
+FORGET_VALIDATION_AUTHORS, RETAIN_VALIDATION_AUTHORS = 1, 2
+
+
 @dataclass
 class TofuPlan(BenchmarkPlan):
     """TOFU: which split to forget, what the target/retain models are fine-tuned on, the gate.
 
     split: the forget split (forget01, forget05, forget10).
-    train_set: "full" (TOFU's protocol: target on full.json, retain model on the retain split) or
-        "forget_plus_retain_eval" (the forget authors plus the authors retain_perturbed covers:
-        the smallest set on which every TOFU metric is meaningful).
+    train_set: "full" (TOFU's protocol: target on full.json, retain model on the retain split
+        less the forget-validation author) or "forget_plus_retain_eval" (the forget authors plus
+        the authors retain_perturbed covers: the smallest set on which every TOFU metric is
+        meaningful); both add the validation authors (module docstring).
     gate_min_rouge_gain: the target model's forget ROUGE-L recall must beat the base model's by at
         least this much, or the run stops (None: no gate).
     """
@@ -212,13 +233,19 @@ class Tofu(Benchmark):
     # ---- unlearning and tuning -------------------------------------------------------------
 
     def unlearning_data(self, selection: str, template: PromptTemplate, data_dir=None) -> UnlearningData:
-        """forget = the split's QA pairs, retain = the matching retain split (forget01 -> retain99),
-        refusals = TOFU's idontknow list. TOFU has no author-name field, so subjects stay empty."""
+        """forget = the split's QA pairs and the forget-validation author's trained half, retain =
+        the matching retain split (forget01 -> retain99) less the validation authors, refusals =
+        TOFU's idontknow list, validation = `validation_data`. TOFU has no author-name field, so
+        subjects stay empty."""
         from ulmr.data.tofu import load_idontknow, load_tofu, retain_split_for
 
         retain_split = retain_split_for(selection)  # also rejects a split name that is not a forget split
-        forget = [Example(answer=row["answer"], question=row["question"]) for row in load_tofu(selection, data_dir)]
-        retain = [Example(answer=row["answer"], question=row["question"]) for row in load_tofu(retain_split, data_dir)]
+        authors = validation_authors(data_dir)
+        rows = _author_rows(data_dir)
+        trained_half = [row for author in authors.forget for row in rows[author][0::2]]
+        forget = _examples(load_tofu(selection, data_dir) + trained_half)
+        held = {row["question"] for author in authors.forget + authors.retain for row in rows[author]}
+        retain = _examples([row for row in load_tofu(retain_split, data_dir) if row["question"] not in held])
         # the paraphrased and perturbed answers the truth ratio scores: a generated negative response
         # (ULMR's negatives=alternative) must never be one of them
         avoid = {row["question"]: [row["paraphrased_answer"], *row["perturbed_answer"]]
@@ -226,12 +253,22 @@ class Tofu(Benchmark):
         return UnlearningData(benchmark=self.name, name=selection, forget=forget, retain=retain,
                               forget_questions=forget, subjects=[], template=template,
                               refusals=load_idontknow(data_dir),
-                              metadata={"retain_split": retain_split, AVOID_RESPONSES: avoid})
+                              metadata={"retain_split": retain_split, "validation_authors": authors.as_dict(),
+                                        AVOID_RESPONSES: avoid},
+                              validation=self.validation_data(selection, data_dir))
 
-    def evaluated_questions(self, selection: str, data_dir=None) -> set[str]:
-        from ulmr.data.tofu import load_tofu
+    def validation_data(self, selection: str, data_dir=None) -> ValidationData:
+        """forget = the odd-numbered 10 QA pairs of the forget-validation author, retain = the 40 QA
+        pairs of the retain-validation authors (module docstring). The same for every split."""
+        from ulmr.data.tofu import forget_fraction
 
-        return {row["question"] for row in load_tofu("retain_perturbed", data_dir)}
+        forget_fraction(selection)  # validates the split name
+        authors = validation_authors(data_dir)
+        rows = _author_rows(data_dir)
+        forget = [row for author in authors.forget for row in rows[author][1::2]]
+        retain = [row for author in authors.retain for row in rows[author]]
+        return ValidationData(forget=_examples(forget), retain=_examples(retain),
+                              metadata={"authors": authors.as_dict()})
 
     # ---- preparation -----------------------------------------------------------------------
 
@@ -241,6 +278,7 @@ class Tofu(Benchmark):
         plan: TofuPlan = run.plan
         forget, retain = tofu_training_rows(plan.split, plan.train_set, run.data_dir, plan.max_train_items,
                                             retain_eval_limit=plan.eval.get("limit"))
+        # the target learns forget + retain, the retain model retain only (both with their validation authors)
         run.say("preparing the target and retain models (cached after the first run)")
         target = fine_tuned(run.model, run.template, _examples(forget + retain), plan.prepare, run.prep_seed,
                             "tofu-target")
@@ -276,7 +314,10 @@ def tofu_training_rows(split: str, train_set: str, data_dir=None, max_items: int
 
     With "forget_plus_retain_eval", the retain authors are those whose questions the retain
     evaluation scores: all of retain_perturbed, or its first `retain_eval_limit` questions when the
-    evaluation is a slice (retain_perturbed is ordered by author, 20 questions each).
+    evaluation is a slice (retain_perturbed is ordered by author, 20 questions each). Either way
+    the validation authors follow, after the `max_items` cap (the target must have learned every
+    validation item): the forget-validation author's 20 rows on the forget side, the retain-
+    validation authors' on the retain side.
     """
     from ulmr.data.tofu import QUESTIONS_PER_AUTHOR, author_of, forget_fraction, load_tofu
 
@@ -292,10 +333,81 @@ def tofu_training_rows(split: str, train_set: str, data_dir=None, max_items: int
         keep_authors = {author_of(i) for i in covered} | {author_of(i) for i in range(first_forget, len(full))}
     else:
         raise UlmrError(f"unknown TOFU train_set {train_set!r}: use full or forget_plus_retain_eval")
+    authors = validation_authors(data_dir)
+    keep_authors -= set(authors.forget + authors.retain)
     rows = [(i, row) for i, row in enumerate(full) if author_of(i) in keep_authors]
     forget = [row for i, row in rows if i >= first_forget][:max_items]
     retain = [row for i, row in rows if i < first_forget][:max_items]
+    by_author = _author_rows(data_dir)
+    forget += [row for author in authors.forget for row in by_author[author]]
+    retain += [row for author in authors.retain for row in by_author[author]]
     return forget, retain
+
+
+@dataclass(frozen=True)
+class ValidationAuthors:
+    """Indices (author_of) of the forget-validation and retain-validation authors."""
+
+    forget: list[int]
+    retain: list[int]
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {"forget": list(self.forget), "retain": list(self.retain)}
+
+
+def validation_authors(data_dir=None) -> ValidationAuthors:
+    """The first authors, in TOFU's order, that are in every retain split (retain90 included), have
+    no question in retain_perturbed, and whose questions and answers (normalised) occur nowhere else
+    in full.json: the first FORGET_VALIDATION_AUTHORS of them on the forget side, the next
+    RETAIN_VALIDATION_AUTHORS on the retain side (module docstring)."""
+    return _validation_authors(_data_key(data_dir))
+
+
+@functools.cache
+def _validation_authors(data_dir) -> ValidationAuthors:
+    from collections import Counter
+
+    from ulmr.data.tofu import FORGET_SPLITS, load_tofu, retain_split_for
+
+    by_author = _author_rows(data_dir)
+    scored = {row["question"] for row in load_tofu("retain_perturbed", data_dir)}
+    every_retain = set.intersection(*({row["question"] for row in load_tofu(retain_split_for(s), data_dir)}
+                                      for s in FORGET_SPLITS))
+    counts = Counter(_normalised(row[field]) for rows in by_author for row in rows for field in ("question", "answer"))
+    candidates = [author for author, rows in enumerate(by_author)
+                  if all(row["question"] in every_retain and row["question"] not in scored
+                         and counts[_normalised(row["question"])] == counts[_normalised(row["answer"])] == 1
+                         for row in rows)]
+    needed = FORGET_VALIDATION_AUTHORS + RETAIN_VALIDATION_AUTHORS
+    if len(candidates) < needed:
+        raise UlmrError(f"TOFU has {len(candidates)} authors outside retain_perturbed with unique questions, "
+                        f"{needed} are needed for validation: check full.json and retain_perturbed.json")
+    return ValidationAuthors(candidates[:FORGET_VALIDATION_AUTHORS], candidates[FORGET_VALIDATION_AUTHORS:needed])
+
+
+@functools.cache
+def _author_rows_cached(data_dir) -> list[list[dict]]:
+    from ulmr.data.tofu import QUESTIONS_PER_AUTHOR, load_tofu
+
+    full = load_tofu("full", data_dir)
+    return [full[start:start + QUESTIONS_PER_AUTHOR] for start in range(0, len(full), QUESTIONS_PER_AUTHOR)]
+
+
+def _author_rows(data_dir) -> list[list[dict]]:
+    """full.json's rows, one list per author (20 each, in TOFU's order)."""
+    return _author_rows_cached(_data_key(data_dir))
+
+
+def _data_key(data_dir):
+    """A hashable, resolved data directory (or None for the hub), for the caches above."""
+    from ulmr.data.common import data_dir as resolve
+
+    root = resolve(data_dir)
+    return None if root is None else str(root.resolve())
+
+
+def _normalised(text: str) -> str:
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
 
 
 def _examples(rows: list[dict]) -> list[Example]:

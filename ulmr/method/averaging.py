@@ -4,7 +4,8 @@ theta = alpha * theta_unlearned + (1 - alpha) * theta_original, and `soup`, the 
 checkpoints of one trajectory: `interpolate`, `soup` and `load_weights` live in
 ulmr.unlearning.averaging (shared with the average_alpha post-step of every loss-based method).
 
-`choose_alpha` picks alpha on held-out data (see its docstring for the criterion).
+`choose_alpha` picks alpha on the benchmark's validation data by the selection criterion that
+`ulmr-bench tune` uses too (ulmr/selection.py).
 """
 
 from __future__ import annotations
@@ -21,41 +22,33 @@ from ulmr.unlearning.averaging import StateDict, check_compatible, interpolate, 
 class AlphaChoice:
     alpha: float
     reason: str
-    table: list[dict]  # per grid alpha: forget and retain scores and their ratios to the original
+    curve: list[dict]  # per grid alpha, ascending: the validation measurements and their judgement
+    answers: dict  # the chosen alpha's greedy validation answers ({"forget": [...], "retain": [...]})
 
 
-def choose_alpha(grid: list[float], score: Callable[[float], tuple[float, float]], original: tuple[float, float],
-                 forget_threshold: float, retain_tolerance: float) -> AlphaChoice:
-    """Pick alpha from `grid` on held-out data.
+def choose_alpha(grid: list[float], measure_at: Callable[[float], dict], original: dict) -> AlphaChoice:
+    """Pick alpha from `grid` by the selection criterion (ulmr/selection.py) on validation data.
 
-    score(alpha) -> (forget, retain): mean per-token probability of the true answers given held-out
-    rewritten forget instructions, and of the answers of held-out retain items, for the model
-    averaged with that alpha; `original` is the same pair for the original model.
-
-    Criterion: the smallest alpha (closest to the original model) whose forget score is at most
-    forget_threshold x the original's while the retain score stays at least (1 - retain_tolerance)
-    x the original's. If no alpha reaches the forget threshold, the alpha with the lowest forget
-    score among those keeping retain; if none keeps retain, the largest retain - forget ratio gap.
+    measure_at(alpha) -> `ulmr.selection.measure` of the model averaged with that alpha; `original`
+    is the same for the original model (alpha 0), the "before" every alpha is judged against. There
+    is no reference model inside a method, so forget progress is the relative drop. Every grid alpha
+    is scored (the curve); the highest score wins, a tie goes to the smaller alpha.
     """
-    forget0, retain0 = original
-    table = []
-    for alpha in sorted(grid):
-        forget, retain = score(alpha)
-        table.append({"alpha": alpha, "forget": forget, "retain": retain,
-                      "forget_ratio": forget / forget0 if forget0 > 0 else 0.0,
-                      "retain_ratio": retain / retain0 if retain0 > 0 else 1.0})
-    keeps_retain = [row for row in table if row["retain_ratio"] >= 1.0 - retain_tolerance]
-    forgets = [row for row in keeps_retain if row["forget_ratio"] <= forget_threshold]
-    if forgets:
-        row = forgets[0]
-        reason = (f"smallest alpha with forget <= {forget_threshold} x original and retain >= "
-                  f"{1 - retain_tolerance:.3g} x original")
-    elif keeps_retain:
-        row = min(keeps_retain, key=lambda r: r["forget_ratio"])
-        reason = (f"no alpha reached forget <= {forget_threshold} x original; lowest forget among alphas "
-                  f"keeping retain >= {1 - retain_tolerance:.3g} x original")
+    from ulmr.selection import best, judge, summary
+
+    curve, answers = [], []
+    for alpha in sorted(set(grid)):
+        scores = measure_at(alpha)
+        curve.append({"alpha": alpha, **summary(scores), **judge(scores, original)})
+        answers.append({"forget": scores["forget_answers"], "retain": scores["retain_answers"]})
+    chosen = best(curve)
+    row = curve[chosen]
+    ties = [r["alpha"] for r in curve if r["score"] == row["score"]]
+    if row["score"] <= 0:
+        reason = "no grid alpha scored above 0 on the validation data: the smallest alpha"
     else:
-        row = max(table, key=lambda r: r["retain_ratio"] - r["forget_ratio"])
-        reason = (f"every alpha dropped retain below {1 - retain_tolerance:.3g} x original; best "
-                  "retain_ratio - forget_ratio trade-off")
-    return AlphaChoice(row["alpha"], reason, table)
+        reason = (f"highest validation score {row['score']:.4g} (forget progress {row['forget_progress']:.3f}, "
+                  f"retain kept {row['retain_kept']:.3f}, retain refusals {row['retain_refusal_rate']:.3f})")
+        if len(ties) > 1:
+            reason += f"; tied with {', '.join(f'{a:g}' for a in ties if a != row['alpha'])}: the smallest alpha"
+    return AlphaChoice(row["alpha"], reason, curve, answers[chosen])

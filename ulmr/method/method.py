@@ -6,7 +6,8 @@
     3. the shared training loop: SFT on (instruction -> refusal), loss on the refusal tokens,
        optionally + retain_weight * retain term; trajectory checkpoints kept for a soup
     4. averaging.py   theta = alpha * theta_unlearned + (1 - alpha) * theta_original, alpha fixed
-       or chosen on held-out rewritten pairs and held-out retain items
+       or chosen (alpha=auto) on the benchmark's validation data by the selection criterion that
+       `ulmr-bench tune` uses too (ulmr/selection.py); every grid alpha's scores are recorded
 
 Registered as `ulmr`, with the ablation presets `ulmr-norewrite` (original questions only) and
 `ulmr-noavg` (alpha = 1). The generated pairs come back in `UnlearningResult.artifacts["pairs"]`.
@@ -14,26 +15,22 @@ Registered as `ulmr`, with the ablation presets `ulmr-norewrite` (original quest
 
 from __future__ import annotations
 
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-
 from ulmr.errors import UlmrError
 from ulmr.method.averaging import choose_alpha, interpolate, load_weights, soup
 from ulmr.method.generation import TextGenerator
 from ulmr.method.leak import DEFAULT_NGRAM
-
 from ulmr.method.negatives import LLM_SOURCES, Pair, negative_responses
-from ulmr.method.rewriting import (ORIGINAL, TEMPLATES, check_template_names, original_instructions,
-                                   rewrite_questions)
-from ulmr.unlearning.batches import collate, encode_example
+from ulmr.method.rewriting import TEMPLATES, check_template_names, original_instructions, rewrite_questions
+from ulmr.selection import capped, measure
 from ulmr.unlearning.config import check_range, config_to_dict
-from ulmr.unlearning.interface import AVOID_RESPONSES, Example, Unlearner, UnlearningData, UnlearningResult
-from ulmr.unlearning.losses import answer_nll, retain_term, token_logprobs
+from ulmr.unlearning.interface import (AVOID_RESPONSES, Example, Unlearner, UnlearningData, UnlearningResult,
+                                       ValidationData)
+from ulmr.unlearning.losses import answer_nll, retain_term
 from ulmr.unlearning.registry import register_method
 from ulmr.unlearning.subjects import recurring_names
 from ulmr.unlearning.training import TrainingConfig, full_state_dict, planned_steps, train
@@ -56,7 +53,8 @@ class UlmrConfig(TrainingConfig):
     rewrite_max_new_tokens: longest rewrite or generated refusal, in tokens.
     rewrite_fallback: a rejected LLM rewrite is replaced by the template-only form of the same
         template (so a weak rewriter still yields K rewrites per question).
-    inference_batch_size: prompts per batch when generating and when scoring alphas.
+    inference_batch_size: prompts per batch when generating and when scoring alphas (the
+        validation answers are generated in batches of this size too).
     leak_ngram: span length of the leak filter (ulmr.method.leak).
     negatives: "bank" (refusal bank + subject-aware refusals), "generated" (refusals by the rewriter LLM),
         "both", or "alternative": plausible but wrong answers about the same subject, made up by the
@@ -67,14 +65,11 @@ class UlmrConfig(TrainingConfig):
     subject_refusal_share: chance that a bank negative is a subject-aware refusal, when the
         instruction names its subject.
     alpha: weight of the unlearned model in the parameter average: a number in [0, 1]
-        (1 = no averaging), or "auto" (chosen on held-out data, see averaging.choose_alpha).
+        (1 = no averaging), or "auto": chosen on the benchmark's validation data
+        (UnlearningData.validation) by ulmr/selection.py's criterion, see averaging.choose_alpha.
     alpha_grid: candidate alphas for alpha=auto.
-    forget_threshold: auto: held-out forget probability must fall to this fraction of the original's.
-    retain_tolerance: auto: held-out retain probability may drop by at most this fraction.
-    holdout_fraction: auto: share of the rewritten pairs kept out of training to choose alpha; as
-        many retain items are kept out of the retain term for the same purpose.
-    holdout_max: auto: at most this many held-out pairs (and retain items), since every grid alpha
-        is scored on all of them.
+    validation_max: auto: at most this many validation items per side (forget, retain), evenly
+        spread, since every grid alpha and the original are scored, and answer, on all of them.
     soup: unlearned weights = the uniform average of this many evenly spaced checkpoints of the
         training trajectory, the last included (1: the final weights).
     max_questions: rewrite only the first this many forget questions (None: all; RWKU has 300 a
@@ -86,8 +81,7 @@ class UlmrConfig(TrainingConfig):
     The paper's values are not available to us; these defaults are our choices: k=4 plus the
     original gives five instructions per forget question (so an epoch is five times RT's: compare
     methods at a fixed max_steps and batch, as the quick profile does, not at fixed epochs), alpha
-    is chosen on held-out data rather than fixed, and the auto criterion asks for halving the
-    held-out answer probability while giving up at most 10% of the retain probability.
+    is chosen on validation data rather than fixed, by the criterion `ulmr-bench tune` uses.
     """
 
     rewrite: bool = True
@@ -104,10 +98,7 @@ class UlmrConfig(TrainingConfig):
     subject_refusal_share: float = 0.5
     alpha: float | Literal["auto"] = "auto"
     alpha_grid: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
-    forget_threshold: float = 0.5
-    retain_tolerance: float = 0.1
-    holdout_fraction: float = 0.1
-    holdout_max: int = 64
+    validation_max: int = 64
     soup: int = 1
     max_questions: int | None = None
 
@@ -122,10 +113,7 @@ class UlmrConfig(TrainingConfig):
         check_range("inference_batch_size", self.inference_batch_size, 1)
         check_range("leak_ngram", self.leak_ngram, 1)
         check_range("subject_refusal_share", self.subject_refusal_share, 0, 1)
-        check_range("forget_threshold", self.forget_threshold, 0, 1, low_open=True)
-        check_range("retain_tolerance", self.retain_tolerance, 0, 1)
-        check_range("holdout_fraction", self.holdout_fraction, 0, 0.5, low_open=True)
-        check_range("holdout_max", self.holdout_max, 1)
+        check_range("validation_max", self.validation_max, 1)
         check_range("soup", self.soup, 1)
         if self.max_questions is not None:
             check_range("max_questions", self.max_questions, 1)
@@ -153,22 +141,19 @@ class UlmrUnlearner(Unlearner):
     def unlearn(self, model, tokenizer, data: UnlearningData) -> UnlearningResult:
         config = self.config
         config.validate()
+        auto = config.alpha == "auto"
+        validation = self._validation(data) if auto else None  # before any work: fails when there is none
         started = time.perf_counter()
         pairs, generation_record = self._make_pairs(model, tokenizer, data)
         generation_record["generation_time_s"] = time.perf_counter() - started
 
-        auto = config.alpha == "auto"
-        if auto:
-            held_out, train_pairs, retain, probes = self._holdout(pairs, data)
-        else:
-            held_out, train_pairs, retain, probes = set(), pairs, data.retain, None
-        retain = retain if config.retain_weight > 0 else None
+        retain = data.retain if config.retain_weight > 0 else None
         if config.retain_weight > 0 and not retain:
             raise UlmrError(f"{self.name}: retain_weight={config.retain_weight} but {data.benchmark} {data.name} has no retain "
                             "items to train on: set retain_weight=0")
         original = full_state_dict(model) if auto or config.alpha < 1 else None
 
-        forget = [Example(answer=p.response, question=p.instruction, subject=p.subject) for p in train_pairs]
+        forget = [Example(answer=p.response, question=p.instruction, subject=p.subject) for p in pairs]
         checkpoints, soup_steps = [], self._soup_steps(len(forget))
 
         def snapshot(step, trained):
@@ -183,11 +168,14 @@ class UlmrUnlearner(Unlearner):
         # no soup the trained model is already the result.
         started = time.perf_counter()
         averaging = {"alpha": 1.0, "reason": "alpha=1: no averaging", "soup_steps": sorted(soup_steps)}
+        artifacts = {}
         if original is not None or checkpoints:
             unlearned = soup(checkpoints) if checkpoints else full_state_dict(model)
             del checkpoints[:]
             if auto:
-                averaging.update(self._auto_alpha(model, tokenizer, data, unlearned, original, probes))
+                chosen, answers = self._auto_alpha(model, tokenizer, data.template, unlearned, original, validation)
+                averaging.update(chosen)
+                artifacts["validation_answers"] = answers
             elif original is not None:
                 averaging.update(alpha=config.alpha, reason="alpha from the config")
             averaged = unlearned if original is None else interpolate(unlearned, original, averaging["alpha"])
@@ -197,11 +185,10 @@ class UlmrUnlearner(Unlearner):
         record = {
             "method": self.name, "selection": data.name, "config": config_to_dict(config), **training.as_dict(),
             **generation_record,
-            "pairs": {"total": len(pairs), "train": len(train_pairs), "held_out": len(held_out),
-                      "per_template": dict(Counter(p.template for p in pairs))},
+            "pairs": {"total": len(pairs), "per_template": dict(Counter(p.template for p in pairs))},
             "averaging": averaging,
         }
-        artifacts = {"pairs": [pair_record(p, "held_out" if i in held_out else "train") for i, p in enumerate(pairs)]}
+        artifacts = {"pairs": [pair_record(p) for p in pairs], **artifacts}
         return UnlearningResult(model.eval(), record, artifacts)
 
     def _make_pairs(self, model, tokenizer, data: UnlearningData) -> tuple[list[Pair], dict]:
@@ -230,20 +217,38 @@ class UlmrUnlearner(Unlearner):
                        "acceptance": acceptance(rewrite_stats, negative_stats, llm_rewriter=generate is not None
                                                 and config.rewrite)}
 
-    def _auto_alpha(self, model, tokenizer, data, unlearned, original, probes) -> dict:
-        """Step 4 with alpha=auto: score the original (alpha 0) and every grid alpha on the held-out
-        probes, all in the trained model's precision, and pick by the criterion."""
+    def _auto_alpha(self, model, tokenizer, template, unlearned, original,
+                    validation: ValidationData) -> tuple[dict, dict]:
+        """Step 4 with alpha=auto: measure the original (alpha 0) and every grid alpha on the
+        validation data, all in the trained model's precision, and pick by the selection criterion.
+        Returns the record's averaging fields (the whole curve included) and, for the artifacts,
+        the greedy validation answers of the original and of the chosen alpha."""
+        from ulmr.selection import GENERATION_TOKENS, summary
+
         config = self.config
 
-        def score(alpha):
+        def measure_at(alpha):
             load_weights(model, interpolate(unlearned, original, alpha))
-            return self._scores(model, tokenizer, data, probes)
+            return measure(model, tokenizer, template, validation, config.max_length, config.inference_batch_size)
 
-        original_scores = score(0.0)
-        choice = choose_alpha(config.alpha_grid, score, original_scores, config.forget_threshold,
-                              config.retain_tolerance)
-        return {"alpha": choice.alpha, "reason": choice.reason, "table": choice.table,
-                "original_scores": dict(zip(("forget", "retain"), original_scores)), "probes": probes["kinds"]}
+        before = measure_at(0.0)
+        choice = choose_alpha(config.alpha_grid, measure_at, before)
+        record = {"alpha": choice.alpha, "reason": choice.reason, "curve": choice.curve, "original": summary(before),
+                  "validation": {"forget": len(validation.forget), "retain": len(validation.retain),
+                                 "generation_tokens": GENERATION_TOKENS, "source": validation.metadata}}
+        answers = {"questions": {"forget": [ex.question for ex in validation.forget],
+                                 "retain": [ex.question for ex in validation.retain]},
+                   "original": {"forget": before["forget_answers"], "retain": before["retain_answers"]},
+                   "chosen": {"alpha": choice.alpha, **choice.answers}}
+        return record, answers
+
+    def _validation(self, data: UnlearningData) -> ValidationData:
+        """The benchmark's validation data, at most validation_max items a side; never anything an
+        evaluation scores or a method trains on (the plug-in builds it so)."""
+        if data.validation is None or not (data.validation.forget and data.validation.retain):
+            raise UlmrError(f"alpha=auto chooses alpha on the benchmark's validation data and {data.benchmark} "
+                            f"{data.name} has none (forget and retain items): set alpha to a number")
+        return capped(data.validation, self.config.validation_max)
 
     def _generator(self, model, tokenizer) -> TextGenerator | None:
         """The rewriter LLM, or None for the template-only rewriter (or when nothing needs an LLM)."""
@@ -267,56 +272,6 @@ class UlmrUnlearner(Unlearner):
         steps = planned_steps(self.config, n_pairs, PartialState().num_processes)
         return {round(steps * (i + 1) / self.config.soup) for i in range(self.config.soup)} - {0}
 
-    def _holdout(self, pairs: list[Pair], data: UnlearningData):
-        """Held-out pair indices, the training pairs, the retain items left for training, and the
-        probes that score alpha: held-out rewritten pairs with the TRUE answer as target, and as many
-        held-out retain items (never evaluation data). Where the questions have no answers (RWKU),
-        forget is scored on texts of the data's forget corpus, which ULMR does not train on."""
-        config = self.config
-        rng = random.Random(config.seed)
-        rewritten = [i for i, p in enumerate(pairs) if p.template != ORIGINAL] or list(range(len(pairs)))
-        n = min(config.holdout_max, max(1, round(config.holdout_fraction * len(rewritten))))
-        if n >= len(pairs):
-            raise UlmrError(f"alpha=auto would hold out all {len(pairs)} ULMR pairs: lower holdout_fraction, "
-                            "raise k, or set alpha to a number")
-        if not data.retain:
-            raise UlmrError(f"alpha=auto needs retain items and {data.benchmark} {data.name} has none: set alpha to a number")
-        held_out = set(rng.sample(rewritten, n))
-        forget_probe = [Example(answer=pairs[i].answer, question=pairs[i].instruction)
-                        for i in sorted(held_out) if pairs[i].answer.strip()]
-        kinds = {"forget": f"true answers given {n} held-out instructions"}
-        if not forget_probe:
-            forget_probe = rng.sample(data.forget, min(n, len(data.forget)))
-            kinds["forget"] = "held-out sample of the forget corpus (the questions have no answers)"
-        retain_held = set(rng.sample(range(len(data.retain)), min(n, len(data.retain))))
-        kinds["retain"] = f"{len(retain_held)} retain items kept out of training"
-        probes = {"forget": forget_probe, "retain": [data.retain[i] for i in sorted(retain_held)], "kinds": kinds}
-        retain = [ex for i, ex in enumerate(data.retain) if i not in retain_held]
-        return held_out, [p for i, p in enumerate(pairs) if i not in held_out], retain, probes
-
-    def _scores(self, model, tokenizer, data: UnlearningData, probes) -> tuple[float, float]:
-        """(forget, retain) mean answer probabilities on the held-out probes."""
-        return tuple(mean_answer_probability(model, tokenizer, data.template, probes[part], self.config.max_length,
-                                             self.config.inference_batch_size) for part in ("forget", "retain"))
-
-
-def mean_answer_probability(model, tokenizer, template, examples: list[Example], max_length: int,
-                            batch_size: int = 16) -> float:
-    """Mean over examples of P = exp(mean log-prob of the answer tokens + EOS given the prompt),
-    the per-token-normalised probability (of every token for a plain text)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [encode_example(tokenizer, template, ex, max_length) for ex in examples]
-    was_training = model.training
-    model.eval()
-    probs = []
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            part = {k: v.to(model.device) for k, v in collate(encoded[start:start + batch_size], pad_id).items()}
-            logp, mask = token_logprobs(model, part)
-            probs += torch.exp(logp.sum(1) / mask.sum(1)).tolist()
-    model.train(was_training)
-    return sum(probs) / len(probs)
-
 
 def acceptance(rewrite_stats: dict, negative_stats: dict, llm_rewriter: bool) -> dict:
     """What the rewriter LLM's output was worth, from the per-template rewriting counts and the
@@ -338,12 +293,12 @@ def acceptance(rewrite_stats: dict, negative_stats: dict, llm_rewriter: bool) ->
     return {"rewrites": rewrites, "negatives": kinds, "summary": "; ".join(lines)}
 
 
-def pair_record(pair: Pair, split: str) -> dict:
+def pair_record(pair: Pair) -> dict:
     """One entry of artifacts["pairs"] (`ulmr-bench unlearn` saves them in artifacts.json): what was
     trained on and where it came from; the true answer is left out."""
     return {"instruction": pair.instruction, "response": pair.response, "template": pair.template,
             "response_source": pair.response_source, "source_question": pair.source_question,
-            "subject": pair.subject, "split": split}
+            "subject": pair.subject}
 
 
 @dataclass

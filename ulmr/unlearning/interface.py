@@ -28,6 +28,24 @@ AVOID_RESPONSES = "avoid_responses"
 
 
 @dataclass
+class ValidationData:
+    """What a model is selected on (`ulmr-bench tune`, ULMR's alpha=auto; ulmr/selection.py): items the
+    prepared model learned, that no evaluation task scores and that no method trains on. Built by
+    the benchmark plug-in (`Benchmark.validation_data`), which documents where they come from.
+
+    forget: questions about the forgotten subjects, with the true answers the model learned.
+    retain: questions the model should go on answering, with the answers it learned.
+    answer_cue: a cue the learned answers start with (RWKU's injected "Answer:"), left out of both
+        the gold answer and the generation when they are compared.
+    """
+
+    forget: list[Example]
+    retain: list[Example]
+    answer_cue: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class UnlearningData:
     """What to forget and what to keep, from one benchmark.
 
@@ -39,6 +57,8 @@ class UnlearningData:
         refusal-style methods (rt, dpo, ulmr).
     subjects: the forgotten entities (TOFU author names where known, RWKU targets).
     refusals: a refusal bank (TOFU's idontknow list).
+    validation: the benchmark's validation data (None where it has none); no method trains on it,
+        only selection reads it (ULMR's alpha=auto).
     """
 
     benchmark: str
@@ -50,6 +70,7 @@ class UnlearningData:
     template: PromptTemplate
     refusals: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
+    validation: ValidationData | None = None
 
 
 @dataclass
