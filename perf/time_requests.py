@@ -51,7 +51,11 @@ def difference(a, b) -> str:
         same = sum(x == y for x, y in zip(a, b))
         return f"{same}/{len(a)} strings identical"
     values = lambda out: [x[0] if isinstance(x, tuple) else x for x in out]  # noqa: E731
-    return f"max |d logprob| {max(abs(x - y) for x, y in zip(values(a), values(b))):.2e}"
+    pairs = list(zip(values(a), values(b)))
+    exact = sum(x == y for x, y in pairs)
+    largest = max(abs(x - y) for x, y in pairs)
+    relative = max(abs(x - y) / max(abs(y), 1e-30) for x, y in pairs)
+    return f"{exact}/{len(pairs)} bit-identical, max |d logprob| {largest:.2e} (relative {relative:.1e})"
 
 
 def main():
@@ -65,9 +69,11 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--backends", default="fast,hf")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--fast-args", default="", help="extra FastLM keyword args: key=value,...")
     args = parser.parse_args()
 
+    import torch
     from lm_eval.models.huggingface import HFLM
 
     from ulmr.fast_lm import FastLM
@@ -75,6 +81,8 @@ def main():
     from ulmr.models import resolve_model
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
     dtype = resolve_dtype(args.dtype, "cpu")
     extra = dict(kv.split("=", 1) for kv in args.fast_args.split(",") if kv)
@@ -82,11 +90,12 @@ def main():
     for backend in args.backends.split(","):
         if backend == "fast":
             lms[backend] = FastLM(pretrained=path, dtype=args.dtype, device="cpu", batch_size=args.batch_size, **extra)
-        else:
+        else:  # "hf", or "hf<N>": the hf model at batch size N (its own rounding noise, against "hf")
             lms[backend] = HFLM(pretrained=path, dtype=str(dtype).removeprefix("torch."), device="cpu",
-                                batch_size=args.batch_size)
+                                batch_size=int(backend[2:] or args.batch_size))
     requests = build_requests(args.tasks.split(","), args.limit, args.data_dir, args.targets, path)
-    print(f"dtype {dtype}, batch {args.batch_size}, limit {args.limit}, fast args {extra or '-'}")
+    print(f"dtype {dtype}, batch {args.batch_size}, limit {args.limit}, threads {torch.get_num_threads()}, "
+          f"fast args {extra or '-'}", flush=True)
     for task, (output_type, instances) in requests.items():
         seconds = {b: [] for b in lms}
         outputs = {}
@@ -100,7 +109,9 @@ def main():
             f"{b} {statistics.median(s):7.2f} s" for b, s in seconds.items())
         if "fast" in seconds and "hf" in seconds:
             line += f"  ratio {statistics.median(seconds['hf']) / statistics.median(seconds['fast']):.2f}x"
-            line += "  " + difference(outputs["fast"], outputs["hf"])
+            line += "  fast vs hf: " + difference(outputs["fast"], outputs["hf"])
+        for other in (b for b in outputs if b.startswith("hf") and b != "hf" and "hf" in outputs):
+            line += f"; {other} vs hf: " + difference(outputs[other], outputs["hf"])
         print(line, flush=True)
 
 

@@ -90,23 +90,21 @@ def _loglikelihood_requests():
     return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
 
 
-@pytest.mark.parametrize("row_tokens", [1024, 12])
+@pytest.mark.parametrize("batch_size", [2, 16])
 @pytest.mark.parametrize("min_saving", [4, 10**9])
-def test_loglikelihoods_equal_hf(lively, hf, row_tokens, min_saving):
+def test_loglikelihoods_equal_hf(lively, hf, batch_size, min_saving):
     requests = _loglikelihood_requests()
     expected = hf.loglikelihood(requests, disable_tqdm=True)
-    lm = _fast(lively, batch_size=2, row_tokens=row_tokens, prefix_min_saving=min_saving)
-    widths = []
-    _spy(lm, "_score_packed", lambda batch: widths.extend(len(p[0].ids) for p in batch))
+    lm = _fast(lively, batch_size=batch_size, prefix_min_saving=min_saving)
+    sizes = []
+    _spy(lm, "_score_rows", lambda batch, _: sizes.append(len(batch)))
     scored = lm.loglikelihood(requests, disable_tqdm=True)
     for (logprob, greedy), (hf_logprob, hf_greedy) in zip(scored, expected):
         assert logprob == pytest.approx(hf_logprob, rel=1e-6, abs=1e-6)
         assert greedy == hf_greedy
-    # rows respect the budget, unless one continuation alone exceeds it
-    longest_alone = max(len(lm.tok_encode(p + c)) for p, c in (r.args for r in requests))
-    assert max(widths) <= max(row_tokens, longest_alone)
-    if row_tokens == 1024:  # a context's continuations share its row
-        assert len(widths) < len(requests) / 2
+    assert max(sizes) <= batch_size
+    if min_saving == 4:  # contexts computed once (their 3 continuations read them from the cache)
+        assert lm.counters["forward_tokens"] < sum(len(lm.tok_encode(c + x)) for c, x in (r.args for r in requests)) / 2
 
 
 def test_rolling_loglikelihoods_equal_hf(lively, hf):
@@ -116,16 +114,28 @@ def test_rolling_loglikelihoods_equal_hf(lively, hf):
         assert value == pytest.approx(hf_value, rel=1e-6, abs=1e-6)
 
 
-def test_rolling_windows_are_not_packed(tiny):
-    """Texts after a one-token context gain nothing from sharing a row, and attention over the
-    longer row costs more: each is a row of its own."""
-    lm = _fast(tiny)
+def test_choices_differing_in_their_last_token_share_a_row(lively, hf):
+    """Multiple choice by letter (MMLU's " A" ... " D"): one row, four targets."""
+    requests = [Instance("loglikelihood", {}, (SYSTEM + SHOTS + "Q: pick one.\nAnswer:", f" {c}"), i)
+                for i, c in enumerate("ABCD")]
+    lm = _fast(lively)
     rows = []
-    _spy(lm, "_score_packed", lambda batch: rows.extend(batch))
-    texts = ["x" * 120, "y" * 130, "z" * 140]
-    lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)],
-                             disable_tqdm=True)
-    assert len(rows) == 3
+    _spy(lm, "_score_rows", lambda batch, _: rows.extend(batch))
+    scored = lm.loglikelihood(requests, disable_tqdm=True)
+    assert len(rows) == 1 and len(rows[0][2]) == 4
+    for (logprob, _), (hf_logprob, _) in zip(scored, hf.loglikelihood(requests, disable_tqdm=True)):
+        assert logprob == pytest.approx(hf_logprob, rel=1e-6, abs=1e-6)
+
+
+def test_prefix_memory_budget_splits_requests_into_chunks_with_the_same_results(lively, hf):
+    requests = _loglikelihood_requests()
+    lm = _fast(lively, prefix_bytes=1)  # the smallest chunks the budget allows (1024 tokens)
+    chunks = []
+    _spy(lm, "_prefixes", lambda sequences: chunks.append(len(sequences)))
+    scored = lm.loglikelihood(requests, disable_tqdm=True)
+    assert len(chunks) > 1
+    for (logprob, _), (hf_logprob, _) in zip(scored, hf.loglikelihood(requests, disable_tqdm=True)):
+        assert logprob == pytest.approx(hf_logprob, rel=1e-6, abs=1e-6)
 
 
 def test_plan_prefixes_keeps_prefixes_that_save_work():

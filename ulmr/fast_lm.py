@@ -4,21 +4,21 @@ Registered with lm-eval as `ulmr-fast` (the `fast` backend of `ulmr-bench eval`)
 lm-eval's own (`TemplateLM._encode_pair`, tokenizer defaults), so the same tokens are scored; the
 work saved is pure recomputation:
 
-- shared prefixes: the token prefixes that several prompts or contexts of one call share (the chat
-  template's system turn, a few-shot block) are computed once and their keys and values copied into
-  every row that starts with them (`_plan_prefixes`, `_PrefixKV`).
-- log-likelihoods: requests that share a context (TOFU scores 4-8 answers per question) are packed
-  into one row, the context once and every continuation after it, with a tree-shaped attention
-  mask and restarted position ids, so the context is computed once, while packing pays for its
-  longer attention (`_packing_pays`); the vocabulary projection runs only at the positions whose
-  next token is scored.
+- shared prefixes: the token prefixes that several requests share (a question's context, which
+  TOFU scores 4-8 answers after; the chat template's system turn; a few-shot block) are computed
+  once, and their keys and values copied into every row that starts with them (`_plan_prefixes`).
+- log-likelihoods: each request is a row of its own after its cached prefix, so attention costs no
+  more than lm-eval's; the vocabulary projection runs only at the positions whose next token is
+  scored.
 - generation: greedy decoding into preallocated key/value slots (`_Slots`: written in place, no
   per-step concatenation of the whole cache), prompts sorted by length into batches sized by a
   token budget rather than a row count, and rows that have stopped swapped out of the batch (the
   last live row moves into the freed slot) instead of decoding padding until the longest row ends.
 
-Outputs equal the hf model's up to floating-point summation order: the same tokens, positions and
-attention pattern, only laid out differently in memory.
+Every row lies in its slots as in lm-eval's own forward: its prefix, then its tokens, from column
+0, no gap between (a masked gap would shift fp32 sums across SIMD lanes), and every matmul sees at
+least MIN_ROWS rows. Log-likelihoods so equal the hf model's to fp32 rounding (measured on TOFU:
+bit-identical in most requests), and greedy generation gives the same text.
 """
 
 from __future__ import annotations
@@ -40,12 +40,16 @@ from transformers import DynamicCache
 
 from ulmr.prompts import encode
 
+# CPU BLAS (oneDNN/MKL) multiplies fewer than ~16 rows with another kernel that rounds differently;
+# forwards and projections are padded to at least this many rows to round as the hf model's batches
+MIN_ROWS = 16
+
 
 @register_model("ulmr-fast")
 class FastLM(TemplateLM):
     def __init__(self, pretrained, tokenizer=None, dtype: str = "auto", device: str | None = None,
-                 batch_size: int | str = 16, max_gen_toks: int = 256, row_tokens: int = 1024,
-                 generation_tokens: int = 32768, score_tokens: int = 8192, prefix_min_saving: int = 32,
+                 batch_size: int | str = 16, max_gen_toks: int = 256, generation_tokens: int = 32768,
+                 score_tokens: int = 8192, prefix_min_saving: int = 16, prefix_bytes: int = 1 << 30,
                  **_ignored):
         super().__init__()
         from ulmr.hardware import default_device, resolve_dtype
@@ -64,7 +68,6 @@ class FastLM(TemplateLM):
                          and next(self.model.parameters()).dtype != self.compute_dtype)
         self.batch_size = int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
-        self.row_tokens = int(row_tokens)  # longest packed scoring row (attention is quadratic in it)
         # a scoring batch holds rows (at most batch_size) while rows x longest row stays within this
         self.score_tokens = int(score_tokens)
         # a generation batch holds rows while their (prompt + new tokens) sum stays within this: each
@@ -85,12 +88,13 @@ class FastLM(TemplateLM):
         self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self.decoder_cache_arg = ("cache" if "cache" in inspect.signature(self.decoder.forward).parameters
                                   else "past_key_values")
-        # attention costs 4 x heads x head_dim FLOPs a layer for each (query, key) pair, the matmuls
-        # 2 x their weights a token: a row of n tokens costs ~ n + n^2 / attention_ratio token-units
+        # requests are taken in chunks whose prompt tokens' keys and values (the most the cached
+        # prefixes can hold) fit in prefix_bytes
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        linear = sum(m.weight.numel() for m in self.decoder.modules() if isinstance(m, torch.nn.Linear))
-        self.attention_ratio = max(1.0, linear / (2 * heads * head_dim * config.num_hidden_layers))
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        bytes_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * self.compute_dtype.itemsize
+        self.prefix_tokens = max(1024, int(prefix_bytes) // bytes_per_token)
         # work done, for benchmark reports: tokens through the model, scored, generated
         self.counters = {"forward_tokens": 0, "scored_tokens": 0, "generated_tokens": 0}
 
@@ -117,29 +121,27 @@ class FastLM(TemplateLM):
     def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
-    # ---- the forward pass over rows that start from cached prefixes --------------------------
+    # ---- forwards over rows that start from cached prefixes ----------------------------------
 
     def _autocast(self):
         device = self.model.device
         return torch.autocast(device_type=device.type, dtype=self.compute_dtype, enabled=self.autocast)
 
-    def _prefixes(self, sequences: list[list[int]]) -> tuple[list[_Prefix | None], int]:
-        """The cached prefix of each sequence (None: none), computed here; and the tokens it took."""
+    def _prefixes(self, sequences: list[list[int]]) -> list[_Prefix | None]:
+        """The cached prefix each sequence starts from (None: none), computed here."""
         nodes, owners = _plan_prefixes(sequences, self.prefix_min_saving)
         done: dict[int, _Prefix] = {}
-        tokens = 0
         for level in _levels(nodes):  # parents before children, one forward a level
             rows = []
             for index in level:
                 parent, length, source = nodes[index]
                 base = done.get(parent)
                 rows.append(_Row(base, sequences[source][base.length if base else 0:length]))
-            slots, _ = self._run(rows, keep=True, head=False)
-            for b, (index, row) in enumerate(zip(level, rows)):
-                done[index] = _Prefix(nodes[index][1], slots.row_kv(b, row.prefix.length if row.prefix else 0,
-                                                                    len(row.ids)))
-                tokens += len(row.ids)
-        return [done[o] if o >= 0 else None for o in owners], tokens
+            self.counters["forward_tokens"] += sum(len(r.ids) for r in rows)
+            slots, _ = self._run(rows, head=False, keep=0)
+            for b, index in enumerate(level):
+                done[index] = _Prefix(nodes[index][1], slots.row(b, nodes[index][1]))
+        return [done[o] if o >= 0 else None for o in owners]
 
     def _check_window(self, length: int) -> None:
         if self.sliding_window is not None and length > self.sliding_window:
@@ -149,149 +151,147 @@ class FastLM(TemplateLM):
                             f"({self.sliding_window}), which the fast backend does not apply: use --backend hf")
 
     @torch.no_grad()
-    def _run(self, rows: list[_Row], keep: bool, head: bool, extra_columns: int = 0, left_pad: bool = False):
-        """One forward over rows, each attending to its cached prefix and then to its own tokens
-        (causally, and within its segment: see _Row). Returns the slots (their keys and values,
-        kept for `extra_columns` more tokens when `keep`) and the decoder's hidden states, or the
-        model's logits at each row's last column when `head` (generation: `left_pad` then puts
-        every row's last token in the last column)."""
+    def _run(self, rows: list[_Row], head: bool, keep: int | None = None):
+        """One forward over rows, each its prefix's keys and values and then its own tokens, causally.
+
+        head=False: returns (slots, the decoder's hidden states [rows, width, hidden]), row b's
+        token j at [b, j]. head=True (generation): the tokens are left-padded and the result is the
+        model's logits at the last column, each row's last token. keep=None: the keys and values
+        are dropped layer by layer (scoring); keep=k: the slots keep them, with room for k more
+        tokens a row (generation; k=0: a prefix's own keys and values).
+        """
         device = self.model.device
         batch = len(rows)
-        prefix_lengths = [r.prefix.length if r.prefix else 0 for r in rows]
-        prefix_columns = max(prefix_lengths)
+        starts = [r.prefix.length if r.prefix else 0 for r in rows]
         width = max(len(r.ids) for r in rows)
-        self._check_window(max(p + len(r.ids) for p, r in zip(prefix_lengths, rows)) + extra_columns)
+        width = max(width, -(-MIN_ROWS // batch))  # at least MIN_ROWS token rows through each matmul
+        ends = [s + len(r.ids) for s, r in zip(starts, rows)]
+        self._check_window(max(ends) + (keep or 0))
+        columns = max(ends) + (keep or 0) + 1  # the last one is scratch: padding writes there
         input_ids = torch.full((batch, width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        position_ids = torch.zeros((batch, width), dtype=torch.long)
-        segments = torch.full((batch, width), -1, dtype=torch.long)  # -1: padding
-        for b, (row, start) in enumerate(zip(rows, prefix_lengths)):
+        write = torch.full((batch, width), columns - 1, dtype=torch.long)  # slot column of each token
+        limit = torch.zeros((batch, width), dtype=torch.long)  # last column each token attends to
+        for b, (row, start) in enumerate(zip(rows, starts)):
             n = len(row.ids)
-            cols = slice(width - n, width) if left_pad else slice(0, n)
-            input_ids[b, cols] = torch.tensor(row.ids)
-            position_ids[b, cols] = (torch.tensor(row.positions) if row.positions is not None
-                                     else torch.arange(start, start + n))
-            segments[b, cols] = torch.tensor(row.segments) if row.segments is not None else 0
-        # a token sees its prefix, then earlier tokens of the shared part (segment 0) and of its own
-        # segment; padding sees itself, to keep softmax finite
-        real = segments >= 0
-        own = torch.ones(width, width, dtype=torch.bool).tril()[None] & real[:, None, :] & (
-            (segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None]))
-        own |= torch.eye(width, dtype=torch.bool)[None] & ~real[:, :, None]
-        prefix_valid = torch.arange(prefix_columns)[None, :] < torch.tensor(prefix_lengths)[:, None]
-        mask = torch.cat([prefix_valid[:, None, :].expand(batch, width, prefix_columns), own], dim=-1)
-        slots = _Slots(rows, prefix_columns, width + extra_columns if keep else 0)
+            at = slice(width - n, width) if head else slice(0, n)
+            input_ids[b, at] = torch.tensor(row.ids)
+            write[b, at] = limit[b, at] = torch.arange(start, start + n)
+        # padding attends to column 0 (a real token in every row), to keep softmax finite
+        used = max(ends)
+        mask = torch.arange(used)[None, None, :] <= limit[:, :, None]
+        slots = _Slots([r.prefix for r in rows], columns, keep is not None)
+        slots.begin(write.to(device), used)
         with self._autocast():
-            kwargs = {"input_ids": input_ids.to(device), "position_ids": position_ids.to(device),
+            kwargs = {"input_ids": input_ids.to(device), "position_ids": limit.to(device),
                       "attention_mask": mask[:, None].to(device), "use_cache": True}
             if head:
-                out = self.model(**kwargs, logits_to_keep=1, **{self.cache_arg: slots})
-                result = out.logits[:, -1]
+                result = self.model(**kwargs, logits_to_keep=1, **{self.cache_arg: slots}).logits[:, -1]
             else:
                 result = self.decoder(**kwargs, **{self.decoder_cache_arg: slots}).last_hidden_state
-        slots.column = prefix_columns + width
-        slots.valid = torch.cat([prefix_valid, real, torch.zeros(batch, extra_columns, dtype=torch.bool)], 1)
-        slots.valid = slots.valid.to(device)
+        slots.lengths = torch.tensor(ends, device=device)
         return slots, result
+
+    def _chunks(self, sequences: list[list[int]]):
+        """Index lists of `sequences` (sorted, so that those sharing a prefix are neighbours), each
+        chunk's tokens within prefix_tokens: the cached prefixes of one chunk fit in prefix_bytes."""
+        order = sorted(range(len(sequences)), key=lambda i: sequences[i])
+        chunk, tokens = [], 0
+        for i in order:
+            if chunk and tokens + len(sequences[i]) > self.prefix_tokens:
+                yield chunk
+                chunk, tokens = [], 0
+            chunk.append(i)
+            tokens += len(sequences[i])
+        if chunk:
+            yield chunk
 
     # ---- log-likelihoods -------------------------------------------------------------------
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-        groups: dict[tuple, list[int]] = defaultdict(list)  # context tokens -> request indices
-        for i, (_, context, continuation) in enumerate(requests):
+        contexts = []
+        for _, context, continuation in requests:
             # as lm-eval's hf model: a request longer than the model's window loses context on the left
             keep = self.max_length + 1 - len(continuation)
-            groups[tuple(context[-keep:] if len(context) > keep else context)].append(i)
-        contexts = list(groups)
-        # the last context token stays in the row: it predicts the first continuation token
-        prefixes, prefix_tokens = self._prefixes([list(c[:-1]) for c in contexts])
-        self.counters["forward_tokens"] += prefix_tokens
-        packed = []
-        for context, prefix in zip(contexts, prefixes):
-            start = prefix.length if prefix else 0
-            for chunk in self._row_chunks(len(context) - start, groups[context], requests):
-                packed.append(self._packed_row(list(context), prefix, [requests[i][2] for i in chunk], chunk))
-        packed.sort(key=lambda p: -len(p[0].ids))
+            contexts.append(list(context[-keep:] if len(context) > keep else context))
         results: list = [None] * len(requests)
-        bar = tqdm(total=len(requests), desc="Scoring (shared contexts)", disable=disable_tqdm)
-        for batch in self._scoring_batches(packed):
-            for (logprob, greedy), index in zip(self._score_packed(batch), (i for p in batch for i in p[3])):
-                results[index] = (logprob, greedy)
-            bar.update(sum(len(p[3]) for p in batch))
+        bar = tqdm(total=len(requests), desc="Scoring (shared prefixes)", disable=disable_tqdm)
+        for chunk in self._chunks(contexts):
+            # the last context token stays in the row: it predicts the first continuation token
+            prefixes = self._prefixes([contexts[i][:-1] for i in chunk])
+            # requests with the same context and continuation but the last token (choices " A",
+            # " B", ...) share a row
+            rows: dict[tuple, tuple[_Prefix | None, list[int]]] = {}
+            for i, prefix in zip(chunk, prefixes):
+                rows.setdefault((tuple(contexts[i]), tuple(requests[i][2][:-1])), (prefix, []))[1].append(i)
+            packed = []
+            for prefix, indices in rows.values():
+                i = indices[0]
+                start = prefix.length if prefix else 0
+                ids = contexts[i][start:] + requests[i][2][:-1]
+                first = len(contexts[i]) - start - 1  # the position that predicts the first target
+                packed.append((_Row(prefix, ids), first, indices))
+            del prefixes
+            packed.sort(key=lambda p: -(len(p[0].ids) + (p[0].prefix.length if p[0].prefix else 0)))
+            for batch in self._scoring_batches(packed):
+                for index, answer in self._score_rows(batch, requests):
+                    results[index] = answer
+                bar.update(sum(len(p[2]) for p in batch))
         bar.close()
         return results
-
-    def _row_chunks(self, own_context: int, indices, requests):
-        """Split one context's continuations into rows: a continuation joins the row while that
-        costs less than a row of its own (which recomputes the context's `own_context` uncached
-        tokens) and the row stays within `row_tokens`.
-
-        Packing pays off by not repeating the context, but attention over a row is quadratic in its
-        length: rolling windows all share the one-token BOS context, and packing a whole MIA set
-        into one row once cost 8 GiB and ran at 17 % of the FLOP floor.
-        """
-        chunk, length = [], own_context
-        for i in indices:
-            body = len(requests[i][2]) - 1
-            if chunk and (length + body > self.row_tokens or not _packing_pays(
-                    length, body, own_context, self.attention_ratio)):
-                yield chunk
-                chunk, length = [], own_context
-            chunk.append(i)
-            length += body
-        yield chunk
-
-    def _packed_row(self, context, prefix, continuations, indices):
-        """A row [context after its prefix | cont_1[:-1] | cont_2[:-1] | ...], where each token is
-        predicted, and its targets."""
-        start = prefix.length if prefix else 0
-        ids, positions, segments = context[start:], list(range(start, len(context))), [0] * (len(context) - start)
-        predict_at, targets = [], []
-        for j, cont in enumerate(continuations, start=1):
-            first = len(ids)
-            body = cont[:-1]
-            ids += body
-            positions += range(len(context), len(context) + len(body))
-            segments += [j] * len(body)
-            # the first token is predicted from the last context position, the rest from the body
-            predict_at.append([len(context) - start - 1] + list(range(first, first + len(body))))
-            targets.append(cont)
-        return _Row(prefix, ids, positions, segments), predict_at, targets, indices
 
     def _scoring_batches(self, packed):
         """Longest-first rows, at most batch_size a batch and within score_tokens (rows x longest)."""
         start = 0
         while start < len(packed):
-            longest = len(packed[start][0].ids) + (packed[start][0].prefix.length if packed[start][0].prefix else 0)
+            row = packed[start][0]
+            longest = len(row.ids) + (row.prefix.length if row.prefix else 0)
             rows = max(1, min(self.batch_size, self.score_tokens // max(1, longest)))
             yield packed[start:start + rows]
             start += rows
 
     @torch.no_grad()
-    def _score_packed(self, batch):
-        """One forward over packed rows; (log-likelihood, greedy) of each continuation."""
-        rows = [p[0] for p in batch]
-        for p in batch:
-            self.counters["forward_tokens"] += len(p[0].ids)
-            self.counters["scored_tokens"] += sum(len(c) for c in p[2])
-        _, hidden = self._run(rows, keep=False, head=False)
+    def _score_rows(self, batch, requests):
+        """One forward over the batch's rows; (request index, (log-likelihood, greedy)) of each
+        request they score."""
+        for row, _, indices in batch:
+            self.counters["forward_tokens"] += len(row.ids)
+            self.counters["scored_tokens"] += sum(len(requests[i][2]) for i in indices)
+        _, hidden = self._run([p[0] for p in batch], head=False)
         device = self.model.device
-        out = []
+        rows, columns, targets, spans = [], [], [], []
+        for b, (_, first, indices) in enumerate(batch):
+            for i in indices:
+                continuation = requests[i][2]
+                spans.append((i, len(targets), len(continuation)))
+                rows += [b] * len(continuation)
+                columns += range(first, first + len(continuation))
+                targets += continuation
+        token_lp, greedy = self._token_logprobs(hidden[torch.tensor(rows, device=device),
+                                                       torch.tensor(columns, device=device)],
+                                                torch.tensor(targets, device=device))
+        for i, start, n in spans:
+            # summed as lm-eval's hf model sums them: one fp32 tensor, in order
+            yield i, (float(token_lp[start:start + n].sum()), bool(greedy[start:start + n].all()))
+
+    def _token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 512):
+        """Log-prob of each target token and whether it is the argmax, from the hidden states that
+        predict it: the vocabulary projection and log-softmax in chunks of rows, each at least
+        MIN_ROWS rows (zero rows pad a short one)."""
+        logprobs, greedy = [], []
         with self._autocast():
-            for b, (_, predict_at, targets, _) in enumerate(batch):
-                flat_at = [p for pred in predict_at for p in pred]
-                logits = self.lm_head(hidden[b, flat_at]).float()
+            for start in range(0, len(hidden), chunk):
+                part = hidden[start:start + chunk]
+                n = len(part)
+                if n < MIN_ROWS:
+                    part = torch.cat([part, part.new_zeros(MIN_ROWS - n, part.shape[1])])
+                logits = self.lm_head(part)[:n].float()
                 if self.softcap:
                     logits = torch.tanh(logits / self.softcap) * self.softcap
-                logprobs = F.log_softmax(logits, dim=-1)
-                flat_targets = torch.tensor([t for cont in targets for t in cont], device=device)
-                token_lp = logprobs.gather(1, flat_targets[:, None])[:, 0]
-                greedy = logprobs.argmax(-1) == flat_targets
-                offset = 0
-                for cont in targets:
-                    span = slice(offset, offset + len(cont))
-                    out.append((float(token_lp[span].sum()), bool(greedy[span].all())))
-                    offset += len(cont)
-        return out
+                lp = F.log_softmax(logits, dim=-1)
+                wanted = targets[start:start + chunk, None]
+                logprobs.append(lp.gather(1, wanted)[:, 0])
+                greedy.append(lp.argmax(-1) == wanted[:, 0])
+        return torch.cat(logprobs), torch.cat(greedy)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         """Whole-text log-likelihoods in lm-eval's rolling windows (one window for short texts)."""
@@ -321,35 +321,26 @@ class FastLM(TemplateLM):
             max_new = int(settings.get("max_gen_toks", self.max_gen_toks))
             if settings.get("do_sample") or (settings.get("temperature") or 0) > 0:
                 raise ValueError("the fast backend decodes greedily only; use --backend hf for sampling")
-            encoded = [(i, self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):]) for i in indices]
-            prefixes, prefix_tokens = self._prefixes([ids[:-1] for _, ids in encoded])
-            self.counters["forward_tokens"] += prefix_tokens
-            prompts = sorted(((i, ids, prefix) for (i, ids), prefix in zip(encoded, prefixes)),
-                             key=lambda item: -len(item[1]))
-            for batch in self._generation_batches(prompts, max_new):
-                texts = self._greedy_batch([(ids, prefix) for _, ids, prefix in batch], max_new, until)
-                for (i, _, _), text in zip(batch, texts):
-                    results[i] = text
-                bar.update(len(batch))
-            del prefixes, prompts
+            encoded = [self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):] for i in indices]
+            for chunk in self._chunks(encoded):
+                prefixes = self._prefixes([encoded[k][:-1] for k in chunk])
+                prompts = sorted(zip(chunk, prefixes), key=lambda item: -len(encoded[item[0]]))
+                for batch in self._generation_batches(prompts, encoded, max_new):
+                    texts = self._greedy_batch([(encoded[k], prefix) for k, prefix in batch], max_new, until)
+                    for (k, _), text in zip(batch, texts):
+                        results[indices[k]] = text
+                    bar.update(len(batch))
         bar.close()
         return results
 
-    def _generation_batches(self, prompts, max_new: int):
+    def _generation_batches(self, prompts, encoded, max_new: int):
         """Consecutive runs of the longest-first prompts, each within the generation token budget
-        (rows x their key/value columns: prefix + rest of the prompt + max_new); at least one row."""
+        (rows x (longest prompt + max_new)); at least one row each."""
         start = 0
         while start < len(prompts):
-            end, prefix_columns, own_columns = start, 0, 0
-            while end < len(prompts):
-                _, ids, prefix = prompts[end]
-                p = prefix.length if prefix else 0
-                columns = max(prefix_columns, p) + max(own_columns, len(ids) - p) + max_new
-                if end > start and (end + 1 - start) * columns > self.generation_tokens:
-                    break
-                prefix_columns, own_columns, end = max(prefix_columns, p), max(own_columns, len(ids) - p), end + 1
-            yield prompts[start:end]
-            start = end
+            rows = max(1, self.generation_tokens // (len(encoded[prompts[start][0]]) + max_new))
+            yield prompts[start:start + rows]
+            start += rows
 
     @torch.no_grad()
     def _greedy_batch(self, prompts: list[tuple[list[int], _Prefix | None]], max_new: int,
@@ -357,17 +348,21 @@ class FastLM(TemplateLM):
         device = self.model.device
         rows = [_Row(prefix, ids[prefix.length if prefix else 0:]) for ids, prefix in prompts]
         self.counters["forward_tokens"] += sum(len(r.ids) for r in rows)
-        slots, logits = self._run(rows, keep=True, head=True, extra_columns=max_new, left_pad=True)
-        next_ids = logits.argmax(-1)
-        positions = torch.tensor([len(ids) for ids, _ in prompts], device=device)
+        slots, logits = self._run(rows, head=True, keep=max_new)
+        next_ids = logits.argmax(-1)  # slot by slot; the live rows fill the first slots
+        lengths = slots.lengths  # a row's tokens so far: the column and position of its next one
         generated: list[list[int]] = [[] for _ in prompts]
         alive = list(range(len(prompts)))  # the prompt in each live slot, slot by slot
+        # a step decodes at least MIN_ROWS slots (finished ones too), as the hf model decodes its
+        # whole batch: fewer rows would round differently (see MIN_ROWS) and cost about as much
+        floor = min(len(prompts), MIN_ROWS)
+        longest = max(len(ids) for ids, _ in prompts)  # host copy of lengths.max()
         # the end-of-sequence text is caught by its token id; only other stop strings need decoding
         stop_texts = [t for t in until if t and t != self.eos_text]
         with self._autocast():
             for _ in range(max_new):
                 finished = []
-                for slot, (row, token) in enumerate(zip(alive, next_ids.tolist())):  # one device sync a step
+                for slot, (row, token) in enumerate(zip(alive, next_ids[:len(alive)].tolist())):  # one sync a step
                     generated[row].append(token)
                     if (token in self.stop_ids or len(generated[row]) >= max_new
                             or (stop_texts and any(t in self.tok_decode(generated[row]) for t in stop_texts))):
@@ -380,22 +375,21 @@ class FastLM(TemplateLM):
                     holes = [s for s in finished if s < live]
                     movers = [s for s in range(live, len(alive)) if s not in done]
                     if holes:
-                        slots.move(movers, holes)
                         src, dst = torch.tensor(movers, device=device), torch.tensor(holes, device=device)
-                        next_ids[dst], positions[dst] = next_ids[src], positions[src]
+                        slots.move(src, dst, longest)
+                        next_ids[dst], lengths[dst] = next_ids[src], lengths[src]
                         for s, h in zip(movers, holes):
                             alive[h] = alive[s]
                     alive = alive[:live]
-                    next_ids, positions = next_ids[:live], positions[:live]
-                n = len(alive)
-                column = slots.column
-                slots.valid[:n, column] = True
-                out = self.model(input_ids=next_ids[:, None], position_ids=positions[:, None],
-                                 attention_mask=slots.valid[:n, None, None, :column + 1], use_cache=True,
-                                 logits_to_keep=1, **{self.cache_arg: slots})
-                slots.column += 1
-                positions = positions + 1
-                next_ids = out.logits[:, -1].argmax(-1)
+                n = max(len(alive), floor)
+                step = lengths[:n, None]
+                slots.begin(step, longest + 1)
+                out = self.model(input_ids=next_ids[:n, None], position_ids=step,
+                                 attention_mask=(torch.arange(longest + 1, device=device) <= step)[:, None, None],
+                                 use_cache=True, logits_to_keep=1, **{self.cache_arg: slots})
+                next_ids[:n] = out.logits[:, -1].argmax(-1)
+                lengths[:n] += 1
+                longest += 1
         n_generated = sum(len(tokens) for tokens in generated)
         self.counters["generated_tokens"] += n_generated
         self.counters["forward_tokens"] += n_generated - len(prompts)  # the last token is not fed back
@@ -422,83 +416,77 @@ class _Prefix:
 
 @dataclass
 class _Row:
-    """One row of a forward: the tokens after `prefix` (cached), their positions (default: right
-    after the prefix) and segments (packed scoring: 0 the shared context, j the j-th continuation,
-    which sees the context and itself; default all 0: plain causal)."""
+    """One row of a forward: its tokens after `prefix` (cached), at the positions after it."""
 
     prefix: _Prefix | None
     ids: list[int]
-    positions: list[int] | None = None
-    segments: list[int] | None = None
 
 
 class _Slots(DynamicCache):
-    """Keys and values of a batch, per layer [rows, kv heads, columns, head dim]: each row's prefix
-    in the first `prefix_columns` (copied from its _Prefix), then the tokens the forwards write at
-    `column`, in place.
+    """Keys and values of a batch, per layer [rows, kv heads, columns, head dim]: a row's prefix in
+    its first columns (copied from its _Prefix), its tokens after it. `begin` says, before each
+    forward, the column each input token is written to, and how many columns attention reads; the
+    last column is scratch, where padding writes.
 
-    With `own_columns == 0` nothing is kept: each layer sees its prefix and the forward's own keys
-    (scoring). Otherwise the slots have room for `own_columns` tokens after the prefix columns
-    (generation); `valid` marks the columns each row attends to, and `move` swaps rows.
+    keep=False (scoring): a layer's keys and values are dropped once it has attended. keep=True:
+    they stay for further forwards (generation, prefixes); `move` copies rows, `row` reads one.
     """
 
-    def __init__(self, rows: list[_Row], prefix_columns: int, own_columns: int):
+    def __init__(self, prefixes: list[_Prefix | None], columns: int, keep: bool):
         super().__init__()
-        self.source = [r.prefix for r in rows]
-        self.prefix_columns, self.column, self.total = prefix_columns, prefix_columns, prefix_columns + own_columns
-        self.keep = own_columns > 0
+        self.prefixes, self.columns, self.keep = prefixes, columns, keep
         self.slot_keys: dict[int, torch.Tensor] = {}
         self.slot_values: dict[int, torch.Tensor] = {}
-        self.valid: torch.Tensor | None = None
+        self.write: torch.Tensor | None = None
+        self.used = 0
+        self.lengths: torch.Tensor | None = None
 
-    def _allocate(self, layer: int, like: torch.Tensor) -> None:
-        shape = (len(self.source), like.shape[1], self.total if self.keep else self.prefix_columns, like.shape[3])
+    def begin(self, write: torch.Tensor, used: int) -> None:
+        self.write, self.used = write, used
+
+    def _allocate(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (len(self.prefixes), like.shape[1], self.columns, like.shape[3])
         # zeros, not empty: a masked column still enters attention's products, and must be finite
         keys, values = like.new_zeros(shape), like.new_zeros(shape)
         by_prefix: dict[int, list[int]] = defaultdict(list)
-        for b, prefix in enumerate(self.source):
+        for b, prefix in enumerate(self.prefixes):
             if prefix is not None:
                 by_prefix[id(prefix)].append(b)
         for rows in by_prefix.values():
-            prefix = self.source[rows[0]]
+            prefix = self.prefixes[rows[0]]
             k, v = prefix.kv[layer]
             index = torch.tensor(rows, device=like.device)
             keys[index, :, :prefix.length] = k.to(like.dtype)
             values[index, :, :prefix.length] = v.to(like.dtype)
-        self.slot_keys[layer], self.slot_values[layer] = keys, values
+        if self.keep:
+            self.slot_keys[layer], self.slot_values[layer] = keys, values
+        return keys, values
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if layer_idx not in self.slot_keys:
-            self._allocate(layer_idx, key_states)
-        keys, values = self.slot_keys[layer_idx], self.slot_values[layer_idx]
-        rows, new = key_states.shape[0], key_states.shape[2]
-        if not self.keep:
-            if self.prefix_columns == 0:
-                return key_states, value_states
-            return torch.cat([keys, key_states], dim=2), torch.cat([values, value_states], dim=2)
-        end = self.column + new
-        keys[:rows, :, self.column:end] = key_states
-        values[:rows, :, self.column:end] = value_states
-        return keys[:rows, :, :end], values[:rows, :, :end]
+        if layer_idx in self.slot_keys:
+            keys, values = self.slot_keys[layer_idx], self.slot_values[layer_idx]
+        else:
+            keys, values = self._allocate(layer_idx, key_states)
+        rows = key_states.shape[0]
+        batch = torch.arange(rows, device=key_states.device)[:, None]
+        # [rows, heads, tokens, dim] into columns `write` [rows, tokens]
+        keys.transpose(1, 2)[batch, self.write] = key_states.transpose(1, 2)
+        values.transpose(1, 2)[batch, self.write] = value_states.transpose(1, 2)
+        return keys[:rows, :, :self.used], values[:rows, :, :self.used]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.column
+        return self.used
 
-    def row_kv(self, row: int, prefix_length: int, own_length: int):
-        """Per layer, (keys, values) of one row's prefix followed by its first `own_length` tokens."""
-        own = slice(self.prefix_columns, self.prefix_columns + own_length)
-        return [(torch.cat([k[row, :, :prefix_length], k[row, :, own]], 1),
-                 torch.cat([v[row, :, :prefix_length], v[row, :, own]], 1))
-                for k, v in ((self.slot_keys[i], self.slot_values[i]) for i in sorted(self.slot_keys))]
+    def row(self, b: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, (keys, values) of row b's first `length` columns."""
+        return [(self.slot_keys[i][b, :, :length].clone(), self.slot_values[i][b, :, :length].clone())
+                for i in sorted(self.slot_keys)]
 
-    def move(self, sources: list[int], targets: list[int]) -> None:
-        """Copy rows `sources` into rows `targets` (the columns written so far)."""
-        device = self.valid.device
-        src, dst = torch.tensor(sources, device=device), torch.tensor(targets, device=device)
-        for layer in self.slot_keys:
-            for store in (self.slot_keys, self.slot_values):
-                store[layer][dst, :, :self.column] = store[layer][src, :, :self.column]
-        self.valid[dst] = self.valid[src]
+    def move(self, sources: torch.Tensor, targets: torch.Tensor, columns: int) -> None:
+        """Copy rows `sources` into rows `targets` (their first `columns` columns)."""
+        for store in (self.slot_keys, self.slot_values):
+            for layer in store:
+                store[layer][targets, :, :columns] = store[layer][sources, :, :columns]
 
 
 def _plan_prefixes(sequences: list[list[int]], min_saving: int) -> tuple[list[tuple[int, int, int]], list[int]]:
@@ -512,9 +500,9 @@ def _plan_prefixes(sequences: list[list[int]], min_saving: int) -> tuple[list[tu
     """
     nodes: list[tuple[int, int, int]] = []
     owners = [-1] * len(sequences)
-    stack = [(list(range(len(sequences))), -1, 0, 0)]  # (sequences, kept parent, its length, shared so far)
+    stack = [(list(range(len(sequences))), -1, 0)]  # (sequences sharing a prefix, kept parent, its length)
     while stack:
-        indices, parent, parent_length, depth = stack.pop()
+        indices, parent, parent_length = stack.pop()
         if len(indices) < 2:
             for i in indices:
                 owners[i] = parent
@@ -530,7 +518,7 @@ def _plan_prefixes(sequences: list[list[int]], min_saving: int) -> tuple[list[tu
             else:
                 branches[sequences[i][shared]].append(i)
         for branch in branches.values():
-            stack.append((branch, parent, parent_length, shared + 1))
+            stack.append((branch, parent, parent_length))
     return nodes, owners
 
 
@@ -544,14 +532,6 @@ def _levels(nodes: list[tuple[int, int, int]]) -> list[list[int]]:
             levels.append([])
         levels[depth[-1]].append(index)
     return levels
-
-
-def _packing_pays(length: int, body: int, own_context: int, attention_ratio: float) -> bool:
-    """Whether a continuation of `body` tokens costs less appended to a row of `length` tokens than
-    in a row of its own after the `own_context` context tokens (cost: tokens + tokens^2 / ratio)."""
-    appended = body + ((length + body) ** 2 - length ** 2) / attention_ratio
-    alone = own_context + body + (own_context + body) ** 2 / attention_ratio
-    return appended <= alone
 
 
 def _sliding_window(config) -> int | None:
