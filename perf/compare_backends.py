@@ -7,7 +7,8 @@ with each, in one process, timed, and every metric of the benchmark's table comp
 By default each benchmark is evaluated as the quick profile does (TOFU forget01, the first 40 docs
 of every task; RWKU target 1, every forget/neighbor/MIA probe and the first 10 docs of each utility
 set); --limit N instead takes the first N docs of every task of both. The backends alternate
-(fast, hf; then hf, fast in a second --repeats round), so a shared machine's load falls on both.
+(fast, hf; then hf, fast in a second --repeats round), so a shared machine's load falls on both,
+after an untimed warm-up (1 doc a task, both backends) that pays the first run's imports and caches.
 Prints the machine, the resolved dtype, and per benchmark: each backend's seconds (median over the
 rounds), the speed-up hf/fast, the largest absolute difference between the two runs' metrics (every
 column of the benchmark's table) and between their per-request outputs (log-likelihoods; generated
@@ -121,6 +122,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both backends (default: torch's)")
     parser.add_argument("--cpu", action="store_true", help="evaluate on the CPU even where a GPU is present")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="skip the untimed first evaluation (1 doc a task, both backends) of each benchmark")
     parser.add_argument("--json", default=None, help="write the measurements here")
     args = parser.parse_args()
 
@@ -146,6 +149,11 @@ def main():
     report = {"machine": info, "args": vars(args), "benchmarks": {}}
     workdir = Path(tempfile.mkdtemp(prefix="compare_backends_"))
     for benchmark in args.benchmarks.split(","):
+        if not args.no_warmup:  # imports, data and tokenizer caches: a first run pays them, whichever backend
+            for backend in ("fast", "hf"):
+                warm = settings_for(benchmark, profile, args, backend)
+                warm.limit, warm.limits = 1, {}
+                evaluate(args.model, warm)
         seconds = {"fast": [], "hf": []}
         results, loads = {}, []
         for round_ in range(args.repeats):

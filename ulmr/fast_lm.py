@@ -325,74 +325,93 @@ class FastLM(TemplateLM):
             for chunk in self._chunks(encoded):
                 prefixes = self._prefixes([encoded[k][:-1] for k in chunk])
                 prompts = sorted(zip(chunk, prefixes), key=lambda item: -len(encoded[item[0]]))
-                for batch in self._generation_batches(prompts, encoded, max_new):
-                    texts = self._greedy_batch([(encoded[k], prefix) for k, prefix in batch], max_new, until)
-                    for (k, _), text in zip(batch, texts):
-                        results[indices[k]] = text
-                    bar.update(len(batch))
+                texts = self._greedy([(encoded[k], prefix) for k, prefix in prompts], max_new, until, bar)
+                for (k, _), text in zip(prompts, texts):
+                    results[indices[k]] = text
         bar.close()
         return results
 
-    def _generation_batches(self, prompts, encoded, max_new: int):
-        """Consecutive runs of the longest-first prompts, each within the generation token budget
-        (rows x (longest prompt + max_new)); at least one row each."""
-        start = 0
-        while start < len(prompts):
-            rows = max(1, self.generation_tokens // (len(encoded[prompts[start][0]]) + max_new))
-            yield prompts[start:start + rows]
-            start += rows
-
     @torch.no_grad()
-    def _greedy_batch(self, prompts: list[tuple[list[int], _Prefix | None]], max_new: int,
-                      until: list[str]) -> list[str]:
+    def _greedy(self, prompts: list[tuple[list[int], _Prefix | None]], max_new: int, until: list[str],
+                bar=None) -> list[str]:
+        """Greedy generations of the longest-first prompts, decoded together in slots.
+
+        The slots hold as many rows as the generation token budget allows at (longest prompt +
+        max_new) tokens each. Rows decode one token a step, all at once; a row that stops leaves
+        its slot to the last live row (no padding is decoded), and waiting prompts take the freed
+        slots, a group at a time (one forward computes their prompts), so the batch stays full
+        until the prompts run out.
+        """
         device = self.model.device
-        rows = [_Row(prefix, ids[prefix.length if prefix else 0:]) for ids, prefix in prompts]
-        self.counters["forward_tokens"] += sum(len(r.ids) for r in rows)
-        slots, logits = self._run(rows, head=True, keep=max_new)
-        next_ids = logits.argmax(-1)  # slot by slot; the live rows fill the first slots
-        lengths = slots.lengths  # a row's tokens so far: the column and position of its next one
+        columns = len(prompts[0][0]) + max_new + 1  # the longest prompt and its new tokens; scratch
+        slot_count = max(1, min(len(prompts), self.generation_tokens // (columns - 1)))
+        slots = _Slots([None] * slot_count, columns, keep=True)
+        next_ids = torch.zeros(slot_count, dtype=torch.long, device=device)
+        lengths = torch.zeros(slot_count, dtype=torch.long, device=device)  # column/position of a row's next token
+        host_lengths = [0] * slot_count
         generated: list[list[int]] = [[] for _ in prompts]
-        alive = list(range(len(prompts)))  # the prompt in each live slot, slot by slot
-        # a step decodes at least MIN_ROWS slots (finished ones too), as the hf model decodes its
-        # whole batch: fewer rows would round differently (see MIN_ROWS) and cost about as much
-        floor = min(len(prompts), MIN_ROWS)
-        longest = max(len(ids) for ids, _ in prompts)  # host copy of lengths.max()
+        alive: list[int] = []  # the prompt in each live slot, slot by slot
+        waiting = 0  # prompts before this one have been admitted
+        # a step decodes at least MIN_ROWS slots (idle ones too, writing to the scratch column), as
+        # the hf model decodes its whole batch: fewer rows would round differently (see MIN_ROWS)
+        floor = min(slot_count, MIN_ROWS)
         # the end-of-sequence text is caught by its token id; only other stop strings need decoding
         stop_texts = [t for t in until if t and t != self.eos_text]
         with self._autocast():
-            for _ in range(max_new):
+            while True:
+                free = slot_count - len(alive)
+                if waiting < len(prompts) and (not alive or free >= min(len(prompts) - waiting,
+                                                                        max(1, slot_count // 8))):
+                    admitted = prompts[waiting:waiting + free]
+                    rows = [_Row(prefix, ids[prefix.length if prefix else 0:]) for ids, prefix in admitted]
+                    self.counters["forward_tokens"] += sum(len(r.ids) for r in rows)
+                    new, logits = self._run(rows, head=True, keep=0)
+                    first = len(alive)
+                    slots.adopt(new, first)
+                    at = slice(first, first + len(rows))
+                    next_ids[at], lengths[at] = logits.argmax(-1), new.lengths
+                    host_lengths[at] = new.lengths.tolist()
+                    alive += range(waiting, waiting + len(rows))
+                    waiting += len(rows)
+                if not alive:
+                    break
                 finished = []
                 for slot, (row, token) in enumerate(zip(alive, next_ids[:len(alive)].tolist())):  # one sync a step
                     generated[row].append(token)
                     if (token in self.stop_ids or len(generated[row]) >= max_new
                             or (stop_texts and any(t in self.tok_decode(generated[row]) for t in stop_texts))):
                         finished.append(slot)
-                if len(finished) == len(alive):
-                    break
                 if finished:  # the last live rows move into the freed slots: no padding is decoded
+                    if bar is not None:
+                        bar.update(len(finished))
                     live = len(alive) - len(finished)
                     done = set(finished)
                     holes = [s for s in finished if s < live]
                     movers = [s for s in range(live, len(alive)) if s not in done]
                     if holes:
                         src, dst = torch.tensor(movers, device=device), torch.tensor(holes, device=device)
-                        slots.move(src, dst, longest)
+                        slots.move(src, dst, max(host_lengths[s] for s in movers))
                         next_ids[dst], lengths[dst] = next_ids[src], lengths[src]
                         for s, h in zip(movers, holes):
-                            alive[h] = alive[s]
+                            alive[h], host_lengths[h] = alive[s], host_lengths[s]
                     alive = alive[:live]
-                n = max(len(alive), floor)
-                step = lengths[:n, None]
-                slots.begin(step, longest + 1)
-                out = self.model(input_ids=next_ids[:n, None], position_ids=step,
-                                 attention_mask=(torch.arange(longest + 1, device=device) <= step)[:, None, None],
+                if not alive:
+                    continue
+                live, rows = len(alive), max(len(alive), floor)
+                used = max(host_lengths[:live]) + 1
+                step = lengths[:rows, None].clone()
+                step[live:] = 0  # idle slots: position 0, attending to column 0, writing to scratch
+                write = step.clone()
+                write[live:] = columns - 1
+                slots.begin(write, used)
+                out = self.model(input_ids=next_ids[:rows, None], position_ids=step,
+                                 attention_mask=(torch.arange(used, device=device) <= step)[:, None, None],
                                  use_cache=True, logits_to_keep=1, **{self.cache_arg: slots})
-                next_ids[:n] = out.logits[:, -1].argmax(-1)
-                lengths[:n] += 1
-                longest += 1
-        n_generated = sum(len(tokens) for tokens in generated)
-        self.counters["generated_tokens"] += n_generated
-        self.counters["forward_tokens"] += n_generated - len(prompts)  # the last token is not fed back
+                next_ids[:rows] = out.logits[:, -1].argmax(-1)
+                lengths[:live] += 1
+                host_lengths[:live] = [n + 1 for n in host_lengths[:live]]
+                self.counters["forward_tokens"] += live
+        self.counters["generated_tokens"] += sum(len(tokens) for tokens in generated)
         texts = []
         for tokens in generated:
             text = self.tok_decode(tokens)
@@ -481,6 +500,17 @@ class _Slots(DynamicCache):
         """Per layer, (keys, values) of row b's first `length` columns."""
         return [(self.slot_keys[i][b, :, :length].clone(), self.slot_values[i][b, :, :length].clone())
                 for i in sorted(self.slot_keys)]
+
+    def adopt(self, other: _Slots, first: int) -> None:
+        """Copy the rows of `other` (a forward's kept slots) into rows first, first + 1, ..."""
+        rows = len(other.prefixes)
+        for layer in sorted(other.slot_keys):
+            for mine, theirs in ((self.slot_keys, other.slot_keys), (self.slot_values, other.slot_values)):
+                source = theirs[layer][:, :, :other.columns - 1]  # not their scratch column
+                if layer not in mine:
+                    shape = (len(self.prefixes), source.shape[1], self.columns, source.shape[3])
+                    mine[layer] = source.new_zeros(shape)
+                mine[layer][first:first + rows, :, :source.shape[2]] = source
 
     def move(self, sources: torch.Tensor, targets: torch.Tensor, columns: int) -> None:
         """Copy rows `sources` into rows `targets` (their first `columns` columns)."""
