@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
+from pathlib import Path
+
+
+# this checkout's packages, not an installed copy's (the venv may hold another worktree's)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main():

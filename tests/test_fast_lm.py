@@ -1,55 +1,179 @@
-"""The fast backend's packed scoring gives the same log-likelihoods however rows are cut."""
+"""The fast backend gives lm-eval's hf numbers: the same greedy strings, the same log-likelihoods
+(to 1e-6 relative: fp32 summation order is all that differs), whatever its batching, packing and
+prefix caching do."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from lm_eval.api.instance import Instance
+
+SYSTEM = "System: you are a careful assistant who answers briefly.\n"
+SHOTS = "Q: two plus two? A: four.\nQ: the capital of France? A: Paris.\n"
+PROMPTS = [SYSTEM + "User: Who wrote it?", SYSTEM + "User: Where was the author of Moon Soup born, and when?",
+           SYSTEM + SHOTS + "Q: the colour of the sky? A:", SYSTEM + SHOTS + "Q: grass? A:", "Unrelated prompt",
+           SYSTEM + "User: Why?", SYSTEM + SHOTS + "Q: why? A:", "a"]
 
 
-def _direct_logprob(model, context, continuation):
-    ids = context + continuation
+@pytest.fixture()
+def lively(tiny):
+    """The tiny model with its matrices redrawn at N(0, 0.3): greedy text varies from token to token
+    (the seeded initialisation repeats one byte), so rows hit stop strings at different steps."""
+    model, tokenizer = tiny
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        logprobs = model(torch.tensor([ids[:-1]])).logits[0].double().log_softmax(-1)
-    return sum(logprobs[len(context) - 1 + j, token].item() for j, token in enumerate(continuation))
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3, generator=generator)
+    return model, tokenizer
 
 
-@pytest.mark.parametrize("row_tokens", [1024, 12])
-def test_packed_rows_score_like_separate_forwards(tiny, row_tokens):
+@pytest.fixture()
+def hf(lively):
+    from lm_eval.models.huggingface import HFLM
+
+    model, tokenizer = lively
+    return HFLM(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=3)
+
+
+def _fast(model_and_tokenizer, **kwargs):
     from ulmr.fast_lm import FastLM
 
-    model, tokenizer = tiny
-    lm = FastLM(pretrained=model, tokenizer=tokenizer, dtype="fp32", device="cpu", batch_size=2,
-                row_tokens=row_tokens)
-    shared = [1, 40, 41, 42]
-    requests = [((None,), shared, [50 + i, 60 + i, 70 + i, 80 + i, 90]) for i in range(5)]
-    requests.append(((None,), [1], [33, 34, 35]))
-    widths = []
-    original = lm._score_packed
-    lm._score_packed = lambda batch: (widths.extend(len(c) + sum(len(x) - 1 for x in conts)
-                                                    for c, conts, _ in batch), original(batch))[1]
-    scored = lm._loglikelihood_tokens(requests, disable_tqdm=True)
-    for (_, context, continuation), (logprob, _) in zip(requests, scored):
-        assert logprob == pytest.approx(_direct_logprob(model, context, continuation), rel=1e-5)
-    # rows respect the budget, unless one continuation alone exceeds it
-    assert max(widths) <= max(row_tokens, len(shared) + 4)
-    assert len(widths) == (2 if row_tokens == 1024 else 4)
+    model, tokenizer = model_and_tokenizer
+    return FastLM(pretrained=model, tokenizer=tokenizer, dtype="fp32", device="cpu", **kwargs)
 
 
-def test_generation_batches_follow_the_token_budget_and_do_not_change_the_text(tiny):
-    from lm_eval.api.instance import Instance
+def _spy(lm, name, record):
+    original = getattr(lm, name)
+    setattr(lm, name, lambda *args, **kwargs: (record(*args), original(*args, **kwargs))[1])
 
-    from ulmr.fast_lm import FastLM
 
-    model, tokenizer = tiny
+def _generation_requests(until, max_gen_toks=24):
+    return [Instance("generate_until", {}, (p, {"until": until, "max_gen_toks": max_gen_toks}), i)
+            for i, p in enumerate(PROMPTS)]
+
+
+def _admissions(lm):
+    """Record the rows of each prompt forward of generation (a group of prompts taking slots)."""
+    sizes = []
+    original = lm._run
+    lm._run = lambda rows, head, keep=None: (sizes.append(len(rows)) if head else None, original(rows, head, keep))[1]
+    return sizes
+
+
+@pytest.mark.parametrize("budget", [100, 500, 10_000])  # 1 slot, 3 slots (~155 columns a row), all rows
+@pytest.mark.parametrize("min_saving", [4, 10**9])  # shared prefixes cached, or none
+def test_greedy_generation_equals_hf(lively, hf, budget, min_saving):
+    requests = _generation_requests(until=["e", "Y"])
+    expected = hf.generate_until(requests, disable_tqdm=True)
+    lm = _fast(lively, generation_tokens=budget, prefix_min_saving=min_saving)
+    admissions = _admissions(lm)
+    assert lm.generate_until(requests, disable_tqdm=True) == expected
+    # the rows stop at different steps (finished rows leave their slots mid-way)
+    assert len({len(text) for text in expected}) > 2
+    assert sum(admissions) == len(PROMPTS)
+    if budget == 10_000:
+        assert admissions == [len(PROMPTS)]
+    else:  # waiting prompts take the slots that stopped rows free
+        assert len(admissions) > 2 and max(admissions) <= (1 if budget == 100 else 3)
+
+
+def test_generation_with_a_stop_string_and_eos_equals_hf(lively, hf):
+    requests = _generation_requests(until=["\n\n"], max_gen_toks=40)
+    assert _fast(lively).generate_until(requests, disable_tqdm=True) == hf.generate_until(requests, disable_tqdm=True)
+
+
+def test_shared_prefixes_are_computed_once(lively):
+    requests = _generation_requests(until=["e"])
+    work = {}
+    for min_saving in (4, 10**9):
+        lm = _fast(lively, prefix_min_saving=min_saving)
+        lm.generate_until(requests, disable_tqdm=True)
+        work[min_saving] = lm.counters["forward_tokens"] - lm.counters["generated_tokens"]
+    # prompt tokens through the model: the system turn (56 bytes) once instead of in 6 prompts, and
+    # the few-shot block once instead of in 3
+    assert work[10**9] - work[4] >= 5 * len(SYSTEM) + 2 * len(SHOTS)
+
+
+def _loglikelihood_requests():
+    pairs = [(p, c) for p in PROMPTS for c in [" yes", " no idea at all", " maybe so, maybe not"]]
+    pairs += [("", "an empty context"), ("Q: why? A:", " because")]
+    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+
+@pytest.mark.parametrize("batch_size", [2, 16])
+@pytest.mark.parametrize("min_saving", [4, 10**9])
+def test_loglikelihoods_equal_hf(lively, hf, batch_size, min_saving):
+    requests = _loglikelihood_requests()
+    expected = hf.loglikelihood(requests, disable_tqdm=True)
+    lm = _fast(lively, batch_size=batch_size, prefix_min_saving=min_saving)
+    sizes = []
+    _spy(lm, "_score_rows", lambda batch, _: sizes.append(len(batch)))
+    scored = lm.loglikelihood(requests, disable_tqdm=True)
+    for (logprob, greedy), (hf_logprob, hf_greedy) in zip(scored, expected):
+        assert logprob == pytest.approx(hf_logprob, rel=1e-6, abs=1e-6)
+        assert greedy == hf_greedy
+    assert max(sizes) <= batch_size
+    if min_saving == 4:  # contexts computed once (their 3 continuations read them from the cache)
+        assert lm.counters["forward_tokens"] < sum(len(lm.tok_encode(c + x)) for c, x in (r.args for r in requests)) / 2
+
+
+def test_rolling_loglikelihoods_equal_hf(lively, hf):
+    requests = [Instance("loglikelihood_rolling", {}, (p * 3,), i) for i, p in enumerate(PROMPTS)]
+    expected = hf.loglikelihood_rolling(requests, disable_tqdm=True)
+    for value, hf_value in zip(_fast(lively).loglikelihood_rolling(requests, disable_tqdm=True), expected):
+        assert value == pytest.approx(hf_value, rel=1e-6, abs=1e-6)
+
+
+def test_choices_differing_in_their_last_token_share_a_row(lively, hf):
+    """Multiple choice by letter (MMLU's " A" ... " D"): one row, four targets."""
+    requests = [Instance("loglikelihood", {}, (SYSTEM + SHOTS + "Q: pick one.\nAnswer:", f" {c}"), i)
+                for i, c in enumerate("ABCD")]
+    lm = _fast(lively)
+    rows = []
+    _spy(lm, "_score_rows", lambda batch, _: rows.extend(batch))
+    scored = lm.loglikelihood(requests, disable_tqdm=True)
+    assert len(rows) == 1 and len(rows[0][2]) == 4
+    for (logprob, _), (hf_logprob, _) in zip(scored, hf.loglikelihood(requests, disable_tqdm=True)):
+        assert logprob == pytest.approx(hf_logprob, rel=1e-6, abs=1e-6)
+
+
+def test_prefix_memory_budget_splits_requests_into_chunks_with_the_same_results(lively, hf):
+    requests = _loglikelihood_requests()
+    lm = _fast(lively, prefix_bytes=1)  # the smallest chunks the budget allows (1024 tokens)
+    chunks = []
+    _spy(lm, "_prefixes", lambda sequences: chunks.append(len(sequences)))
+    scored = lm.loglikelihood(requests, disable_tqdm=True)
+    assert len(chunks) > 1
+    for (logprob, _), (hf_logprob, _) in zip(scored, hf.loglikelihood(requests, disable_tqdm=True)):
+        assert logprob == pytest.approx(hf_logprob, rel=1e-6, abs=1e-6)
+
+
+def test_plan_prefixes_keeps_prefixes_that_save_work():
+    from ulmr.fast_lm import _levels, _plan_prefixes
+
+    system, shots = list(range(100, 140)), list(range(200, 260))
+    sequences = [system + [1, 2], system + shots + [3], system + shots + [4, 5], system + [6], [7, 8, 9], system + [1]]
+    nodes, owners = _plan_prefixes(sequences, min_saving=32)
+    # the system turn (40 tokens, 5 sequences), then the few-shot block after it (60 more, 2 sequences);
+    # "system + [1]" (2 sequences, 1 token more) is not worth a prefix of its own
+    assert [(parent, length) for parent, length, _ in nodes] == [(-1, 40), (0, 100)]
+    assert owners == [0, 1, 1, 0, -1, 0]
+    assert _levels(nodes) == [[0], [1]]
+    for node, (_, length, source) in enumerate(nodes):  # a node is a prefix of its example sequence
+        assert all(sequences[i][:length] == sequences[source][:length] for i, o in enumerate(owners) if o == node)
+    # a prefix saving less than min_saving is not kept
+    assert _plan_prefixes(sequences, min_saving=10**6) == ([], [-1] * 6)
+
+
+def test_generation_slots_follow_the_token_budget_and_do_not_change_the_text(tiny):
     prompts = ["Who wrote it?", "Where was the author of Moon Soup born, and when?", "Why?", "Name a colour."]
     requests = [Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": 6}), i)
                 for i, p in enumerate(prompts)]
     texts = {}
     for budget in (1, 10_000):
-        lm = FastLM(pretrained=model, tokenizer=tokenizer, dtype="fp32", device="cpu", generation_tokens=budget)
-        sizes = []
-        original = lm._greedy_batch
-        lm._greedy_batch = lambda rows, *args: (sizes.append(len(rows)), original(rows, *args))[1]
+        lm = _fast(tiny, generation_tokens=budget)
+        admissions = _admissions(lm)
         texts[budget] = lm.generate_until(requests, disable_tqdm=True)
-        assert sizes == ([1, 1, 1, 1] if budget == 1 else [4])
+        assert admissions == ([1, 1, 1, 1] if budget == 1 else [4])
     assert texts[1] == texts[10_000]

@@ -4,20 +4,30 @@ Registered with lm-eval as `ulmr-fast` (the `fast` backend of `ulmr-bench eval`)
 lm-eval's own (`TemplateLM._encode_pair`, tokenizer defaults), so the same tokens are scored; the
 work saved is pure recomputation:
 
-- log-likelihoods: requests that share a context (TOFU scores 4-8 answers per question) are packed
-  into one row, the context once and every continuation after it, with a tree-shaped attention
-  mask and restarted position ids, so the context is computed once; the vocabulary projection runs
-  only at the positions whose next token is scored.
-- generation: greedy decoding with a KV cache, prompts sorted by length into batches sized by a
-  token budget rather than a row count, and rows that have stopped are dropped from the batch
-  instead of decoding padding until the longest row ends.
+- shared prefixes: the token prefixes that several requests share (a question's context, which
+  TOFU scores 4-8 answers after; the chat template's system turn; a few-shot block) are computed
+  once, and their keys and values copied into every row that starts with them (`_plan_prefixes`).
+- log-likelihoods: each request is a row of its own after its cached prefix, so attention costs no
+  more than lm-eval's; the vocabulary projection runs only at the positions whose next token is
+  scored.
+- generation: greedy decoding into preallocated key/value slots (`_Slots`: written in place, no
+  per-step concatenation of the whole cache), prompts sorted by length into batches sized by a
+  token budget rather than a row count, and rows that have stopped swapped out of the batch (the
+  last live row moves into the freed slot) instead of decoding padding until the longest row ends.
+
+Every row lies in its slots as in lm-eval's own forward: its prefix, then its tokens, from column
+0, no gap between (a masked gap would shift fp32 sums across SIMD lanes), and every matmul sees at
+least MIN_ROWS rows. Log-likelihoods so equal the hf model's to fp32 rounding (measured on TOFU:
+bit-identical in most requests), and greedy generation gives the same text.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +36,21 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
+from transformers import DynamicCache
 
 from ulmr.prompts import encode
+
+# CPU BLAS (oneDNN/MKL) multiplies fewer than ~16 rows with another kernel that rounds differently;
+# forwards and projections are padded to at least this many rows to round as the hf model's batches
+MIN_ROWS = 16
 
 
 @register_model("ulmr-fast")
 class FastLM(TemplateLM):
     def __init__(self, pretrained, tokenizer=None, dtype: str = "auto", device: str | None = None,
-                 batch_size: int | str = 16, max_gen_toks: int = 256, row_tokens: int = 1024,
-                 generation_tokens: int = 32768, **_ignored):
+                 batch_size: int | str = 16, max_gen_toks: int = 256, generation_tokens: int = 32768,
+                 score_tokens: int = 8192, prefix_min_saving: int = 16, prefix_bytes: int = 1 << 30,
+                 **_ignored):
         super().__init__()
         from ulmr.hardware import default_device, resolve_dtype
         from ulmr.models import load_model, load_tokenizer
@@ -46,20 +62,39 @@ class FastLM(TemplateLM):
             self.model = pretrained.to(self.device_name).eval()
             self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(pretrained.name_or_path)
         self.compute_dtype = resolve_dtype(dtype, self.device_name)
+        # autocast only where the weights are not already in the compute dtype: lm-eval's hf model
+        # runs bf16 weights without autocast, and autocast would move some ops to fp32
+        self.autocast = (self.compute_dtype != torch.float32
+                         and next(self.model.parameters()).dtype != self.compute_dtype)
         self.batch_size = int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
-        self.row_tokens = int(row_tokens)  # longest packed scoring row (attention is quadratic in it)
+        # a scoring batch holds rows (at most batch_size) while rows x longest row stays within this
+        self.score_tokens = int(score_tokens)
         # a generation batch holds rows while their (prompt + new tokens) sum stays within this: each
         # decoding step streams every weight, so on a CPU 160 TOFU rows in one batch decode twice
         # as fast as in batches of 16; the budget bounds the KV cache (~1.5 GB for SmolLM2 in fp32)
         self.generation_tokens = int(generation_tokens)
+        # a shared prefix is computed once when that saves at least this many tokens of forward
+        # work (its length beyond the prefix it extends x the rows that share it, less one)
+        self.prefix_min_saving = int(prefix_min_saving)
         self.decoder = self.model.get_decoder()
         self.lm_head = self.model.get_output_embeddings()
-        self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        config = self.model.config
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.sliding_window = _sliding_window(config)
         self.stop_ids = _stop_token_ids(self.model, self.tokenizer)
         self.eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         # transformers 5.24 renamed forward()'s past_key_values to cache; accept either release
         self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self.decoder_cache_arg = ("cache" if "cache" in inspect.signature(self.decoder.forward).parameters
+                                  else "past_key_values")
+        # requests are taken in chunks whose prompt tokens' keys and values (the most the cached
+        # prefixes can hold) fit in prefix_bytes
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        bytes_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * self.compute_dtype.itemsize
+        self.prefix_tokens = max(1024, int(prefix_bytes) // bytes_per_token)
         # work done, for benchmark reports: tokens through the model, scored, generated
         self.counters = {"forward_tokens": 0, "scored_tokens": 0, "generated_tokens": 0}
 
@@ -86,100 +121,177 @@ class FastLM(TemplateLM):
     def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
+    # ---- forwards over rows that start from cached prefixes ----------------------------------
+
+    def _autocast(self):
+        device = self.model.device
+        return torch.autocast(device_type=device.type, dtype=self.compute_dtype, enabled=self.autocast)
+
+    def _prefixes(self, sequences: list[list[int]]) -> list[_Prefix | None]:
+        """The cached prefix each sequence starts from (None: none), computed here."""
+        nodes, owners = _plan_prefixes(sequences, self.prefix_min_saving)
+        done: dict[int, _Prefix] = {}
+        for level in _levels(nodes):  # parents before children, one forward a level
+            rows = []
+            for index in level:
+                parent, length, source = nodes[index]
+                base = done.get(parent)
+                rows.append(_Row(base, sequences[source][base.length if base else 0:length]))
+            self.counters["forward_tokens"] += sum(len(r.ids) for r in rows)
+            slots, _ = self._run(rows, head=False, keep=0)
+            for b, index in enumerate(level):
+                done[index] = _Prefix(nodes[index][1], slots.row(b, nodes[index][1]))
+        return [done[o] if o >= 0 else None for o in owners]
+
+    def _check_window(self, length: int) -> None:
+        if self.sliding_window is not None and length > self.sliding_window:
+            from ulmr.errors import UlmrError
+
+            raise UlmrError(f"a sequence of {length} tokens exceeds the model's sliding attention window "
+                            f"({self.sliding_window}), which the fast backend does not apply: use --backend hf")
+
+    @torch.no_grad()
+    def _run(self, rows: list[_Row], head: bool, keep: int | None = None):
+        """One forward over rows, each its prefix's keys and values and then its own tokens, causally.
+
+        head=False: returns (slots, the decoder's hidden states [rows, width, hidden]), row b's
+        token j at [b, j]. head=True (generation): the tokens are left-padded and the result is the
+        model's logits at the last column, each row's last token. keep=None: the keys and values
+        are dropped layer by layer (scoring); keep=k: the slots keep them, with room for k more
+        tokens a row (generation; k=0: a prefix's own keys and values).
+        """
+        device = self.model.device
+        batch = len(rows)
+        starts = [r.prefix.length if r.prefix else 0 for r in rows]
+        width = max(len(r.ids) for r in rows)
+        width = max(width, -(-MIN_ROWS // batch))  # at least MIN_ROWS token rows through each matmul
+        ends = [s + len(r.ids) for s, r in zip(starts, rows)]
+        self._check_window(max(ends) + (keep or 0))
+        columns = max(ends) + (keep or 0) + 1  # the last one is scratch: padding writes there
+        input_ids = torch.full((batch, width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        write = torch.full((batch, width), columns - 1, dtype=torch.long)  # slot column of each token
+        limit = torch.zeros((batch, width), dtype=torch.long)  # last column each token attends to
+        for b, (row, start) in enumerate(zip(rows, starts)):
+            n = len(row.ids)
+            at = slice(width - n, width) if head else slice(0, n)
+            input_ids[b, at] = torch.tensor(row.ids)
+            write[b, at] = limit[b, at] = torch.arange(start, start + n)
+        # padding attends to column 0 (a real token in every row), to keep softmax finite
+        used = max(ends)
+        mask = torch.arange(used)[None, None, :] <= limit[:, :, None]
+        slots = _Slots([r.prefix for r in rows], columns, keep is not None)
+        slots.begin(write.to(device), used)
+        with self._autocast():
+            kwargs = {"input_ids": input_ids.to(device), "position_ids": limit.to(device),
+                      "attention_mask": mask[:, None].to(device), "use_cache": True}
+            if head:
+                result = self.model(**kwargs, logits_to_keep=1, **{self.cache_arg: slots}).logits[:, -1]
+            else:
+                result = self.decoder(**kwargs, **{self.decoder_cache_arg: slots}).last_hidden_state
+        slots.lengths = torch.tensor(ends, device=device)
+        return slots, result
+
+    def _chunks(self, sequences: list[list[int]]):
+        """Index lists of `sequences` (sorted, so that those sharing a prefix are neighbours), each
+        chunk's tokens within prefix_tokens: the cached prefixes of one chunk fit in prefix_bytes."""
+        order = sorted(range(len(sequences)), key=lambda i: sequences[i])
+        chunk, tokens = [], 0
+        for i in order:
+            if chunk and tokens + len(sequences[i]) > self.prefix_tokens:
+                yield chunk
+                chunk, tokens = [], 0
+            chunk.append(i)
+            tokens += len(sequences[i])
+        if chunk:
+            yield chunk
+
     # ---- log-likelihoods -------------------------------------------------------------------
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-        groups: dict[tuple, list[int]] = defaultdict(list)  # context tokens -> request indices
-        for i, (_, context, continuation) in enumerate(requests):
+        contexts = []
+        for _, context, continuation in requests:
             # as lm-eval's hf model: a request longer than the model's window loses context on the left
             keep = self.max_length + 1 - len(continuation)
-            groups[tuple(context[-keep:] if len(context) > keep else context)].append(i)
-        packed = [(list(ctx), [requests[i][2] for i in chunk], chunk)
-                  for ctx, idx in groups.items() for chunk in self._row_chunks(ctx, idx, requests)]
-        packed.sort(key=lambda g: -(len(g[0]) + sum(len(c) - 1 for c in g[1])))
+            contexts.append(list(context[-keep:] if len(context) > keep else context))
         results: list = [None] * len(requests)
-        bar = tqdm(total=len(requests), desc="Scoring (shared contexts)", disable=disable_tqdm)
-        for start in range(0, len(packed), self.batch_size):
-            batch = packed[start:start + self.batch_size]
-            for (logprob, greedy), index in zip(self._score_packed(batch), (i for g in batch for i in g[2])):
-                results[index] = (logprob, greedy)
-            bar.update(sum(len(g[2]) for g in batch))
+        bar = tqdm(total=len(requests), desc="Scoring (shared prefixes)", disable=disable_tqdm)
+        for chunk in self._chunks(contexts):
+            # the last context token stays in the row: it predicts the first continuation token
+            prefixes = self._prefixes([contexts[i][:-1] for i in chunk])
+            # requests with the same context and continuation but the last token (choices " A",
+            # " B", ...) share a row
+            rows: dict[tuple, tuple[_Prefix | None, list[int]]] = {}
+            for i, prefix in zip(chunk, prefixes):
+                rows.setdefault((tuple(contexts[i]), tuple(requests[i][2][:-1])), (prefix, []))[1].append(i)
+            packed = []
+            for prefix, indices in rows.values():
+                i = indices[0]
+                start = prefix.length if prefix else 0
+                ids = contexts[i][start:] + requests[i][2][:-1]
+                first = len(contexts[i]) - start - 1  # the position that predicts the first target
+                packed.append((_Row(prefix, ids), first, indices))
+            del prefixes
+            packed.sort(key=lambda p: -(len(p[0].ids) + (p[0].prefix.length if p[0].prefix else 0)))
+            for batch in self._scoring_batches(packed):
+                for index, answer in self._score_rows(batch, requests):
+                    results[index] = answer
+                bar.update(sum(len(p[2]) for p in batch))
         bar.close()
         return results
 
-    def _row_chunks(self, context, indices, requests):
-        """Split one context's continuations into rows of at most `row_tokens` tokens.
-
-        Packing pays off by not repeating the context, but attention over a row is quadratic in its
-        length: rolling windows all share the one-token BOS context, and packing a whole MIA set
-        into one row once cost 8 GiB and ran at 17 % of the FLOP floor.
-        """
-        chunk, length = [], len(context)
-        for i in indices:
-            body = len(requests[i][2]) - 1
-            if chunk and length + body > self.row_tokens:
-                yield chunk
-                chunk, length = [], len(context)
-            chunk.append(i)
-            length += body
-        yield chunk
+    def _scoring_batches(self, packed):
+        """Longest-first rows, at most batch_size a batch and within score_tokens (rows x longest)."""
+        start = 0
+        while start < len(packed):
+            row = packed[start][0]
+            longest = len(row.ids) + (row.prefix.length if row.prefix else 0)
+            rows = max(1, min(self.batch_size, self.score_tokens // max(1, longest)))
+            yield packed[start:start + rows]
+            start += rows
 
     @torch.no_grad()
-    def _score_packed(self, batch):
-        """One forward over rows of [context | cont_1[:-1] | cont_2[:-1] | ...]."""
-        rows, predict_at, targets = [], [], []
-        for context, continuations, _ in batch:
-            ids, positions, segments = list(context), list(range(len(context))), [0] * len(context)
-            row_predict, row_targets = [], []
-            for j, cont in enumerate(continuations, start=1):
-                start = len(ids)
-                body = cont[:-1]
-                ids += body
-                positions += range(len(context), len(context) + len(body))
-                segments += [j] * len(body)
-                # the first token is predicted from the last context position, the rest from the body
-                row_predict.append([len(context) - 1] + list(range(start, start + len(body))))
-                row_targets.append(cont)
-            rows.append((ids, positions, segments))
-            self.counters["forward_tokens"] += len(ids)
-            self.counters["scored_tokens"] += sum(len(c) for c in row_targets)
-            predict_at.append(row_predict)
-            targets.append(row_targets)
-        width = max(len(r[0]) for r in rows)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
-        for b, (ids, positions, segments) in enumerate(rows):
-            n = len(ids)
-            input_ids[b, :n] = torch.tensor(ids)
-            position_ids[b, :n] = torch.tensor(positions)
-            seg = torch.tensor(segments)
-            causal = torch.ones(n, n, dtype=torch.bool).tril()
-            # a token sees the context (segment 0) and earlier tokens of its own continuation
-            same_or_context = (seg[None, :] == 0) | (seg[None, :] == seg[:, None])
-            mask[b, 0, :n, :n] = causal & same_or_context
-            mask[b, 0, n:, 0] = True  # padding rows attend somewhere, to keep softmax finite
+    def _score_rows(self, batch, requests):
+        """One forward over the batch's rows; (request index, (log-likelihood, greedy)) of each
+        request they score."""
+        for row, _, indices in batch:
+            self.counters["forward_tokens"] += len(row.ids)
+            self.counters["scored_tokens"] += sum(len(requests[i][2]) for i in indices)
+        _, hidden = self._run([p[0] for p in batch], head=False)
         device = self.model.device
-        with torch.autocast(device_type=device.type, dtype=self.compute_dtype,
-                            enabled=self.compute_dtype != torch.float32):
-            hidden = self.decoder(input_ids=input_ids.to(device), position_ids=position_ids.to(device),
-                                  attention_mask=mask.to(device)).last_hidden_state
-            out = []
-            for b in range(len(rows)):
-                flat_at = [p for pred in predict_at[b] for p in pred]
-                logits = self.lm_head(hidden[b, flat_at]).float()
+        rows, columns, targets, spans = [], [], [], []
+        for b, (_, first, indices) in enumerate(batch):
+            for i in indices:
+                continuation = requests[i][2]
+                spans.append((i, len(targets), len(continuation)))
+                rows += [b] * len(continuation)
+                columns += range(first, first + len(continuation))
+                targets += continuation
+        token_lp, greedy = self._token_logprobs(hidden[torch.tensor(rows, device=device),
+                                                       torch.tensor(columns, device=device)],
+                                                torch.tensor(targets, device=device))
+        for i, start, n in spans:
+            # summed as lm-eval's hf model sums them: one fp32 tensor, in order
+            yield i, (float(token_lp[start:start + n].sum()), bool(greedy[start:start + n].all()))
+
+    def _token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 512):
+        """Log-prob of each target token and whether it is the argmax, from the hidden states that
+        predict it: the vocabulary projection and log-softmax in chunks of rows, each at least
+        MIN_ROWS rows (zero rows pad a short one)."""
+        logprobs, greedy = [], []
+        with self._autocast():
+            for start in range(0, len(hidden), chunk):
+                part = hidden[start:start + chunk]
+                n = len(part)
+                if n < MIN_ROWS:
+                    part = torch.cat([part, part.new_zeros(MIN_ROWS - n, part.shape[1])])
+                logits = self.lm_head(part)[:n].float()
                 if self.softcap:
                     logits = torch.tanh(logits / self.softcap) * self.softcap
-                logprobs = F.log_softmax(logits, dim=-1)
-                flat_targets = torch.tensor([t for cont in targets[b] for t in cont], device=device)
-                token_lp = logprobs.gather(1, flat_targets[:, None])[:, 0]
-                greedy = logprobs.argmax(-1) == flat_targets
-                offset = 0
-                for cont in targets[b]:
-                    span = slice(offset, offset + len(cont))
-                    out.append((float(token_lp[span].sum()), bool(greedy[span].all())))
-                    offset += len(cont)
-        return out
+                lp = F.log_softmax(logits, dim=-1)
+                wanted = targets[start:start + chunk, None]
+                logprobs.append(lp.gather(1, wanted)[:, 0])
+                greedy.append(lp.argmax(-1) == wanted[:, 0])
+        return torch.cat(logprobs), torch.cat(greedy)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         """Whole-text log-likelihoods in lm-eval's rolling windows (one window for short texts)."""
@@ -209,68 +321,97 @@ class FastLM(TemplateLM):
             max_new = int(settings.get("max_gen_toks", self.max_gen_toks))
             if settings.get("do_sample") or (settings.get("temperature") or 0) > 0:
                 raise ValueError("the fast backend decodes greedily only; use --backend hf for sampling")
-            encoded = [(i, self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):]) for i in indices]
-            encoded.sort(key=lambda item: -len(item[1]))
-            for batch in self._generation_batches(encoded, max_new):
-                texts = self._greedy_batch([ids for _, ids in batch], max_new, until)
-                for (i, _), text in zip(batch, texts):
-                    results[i] = text
-                bar.update(len(batch))
+            encoded = [self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):] for i in indices]
+            for chunk in self._chunks(encoded):
+                prefixes = self._prefixes([encoded[k][:-1] for k in chunk])
+                prompts = sorted(zip(chunk, prefixes), key=lambda item: -len(encoded[item[0]]))
+                texts = self._greedy([(encoded[k], prefix) for k, prefix in prompts], max_new, until, bar)
+                for (k, _), text in zip(prompts, texts):
+                    results[indices[k]] = text
         bar.close()
         return results
 
-    def _generation_batches(self, encoded, max_new: int):
-        """Consecutive runs of the longest-first prompts, each within the generation token budget
-        (rows x (longest prompt + max_new)); at least one row each."""
-        start = 0
-        while start < len(encoded):
-            rows = max(1, self.generation_tokens // (len(encoded[start][1]) + max_new))
-            yield encoded[start:start + rows]
-            start += rows
-
     @torch.no_grad()
-    def _greedy_batch(self, prompts: list[list[int]], max_new: int, until: list[str]) -> list[str]:
+    def _greedy(self, prompts: list[tuple[list[int], _Prefix | None]], max_new: int, until: list[str],
+                bar=None) -> list[str]:
+        """Greedy generations of the longest-first prompts, decoded together in slots.
+
+        The slots hold as many rows as the generation token budget allows at (longest prompt +
+        max_new) tokens each. Rows decode one token a step, all at once; a row that stops leaves
+        its slot to the last live row (no padding is decoded), and waiting prompts take the freed
+        slots, a group at a time (one forward computes their prompts), so the batch stays full
+        until the prompts run out.
+        """
         device = self.model.device
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        columns = len(prompts[0][0]) + max_new + 1  # the longest prompt and its new tokens; scratch
+        slot_count = max(1, min(len(prompts), self.generation_tokens // (columns - 1)))
+        slots = _Slots([None] * slot_count, columns, keep=True)
+        next_ids = torch.zeros(slot_count, dtype=torch.long, device=device)
+        lengths = torch.zeros(slot_count, dtype=torch.long, device=device)  # column/position of a row's next token
+        host_lengths = [0] * slot_count
         generated: list[list[int]] = [[] for _ in prompts]
-        self.counters["forward_tokens"] += sum(len(p) for p in prompts)
-        alive = list(range(len(prompts)))  # original row of each row still in the batch
-        cache = None
-        step_ids, step_positions = input_ids, positions
+        alive: list[int] = []  # the prompt in each live slot, slot by slot
+        waiting = 0  # prompts before this one have been admitted
+        # a step decodes at least MIN_ROWS slots (idle ones too, writing to the scratch column), as
+        # the hf model decodes its whole batch: fewer rows would round differently (see MIN_ROWS)
+        floor = min(slot_count, MIN_ROWS)
         # the end-of-sequence text is caught by its token id; only other stop strings need decoding
         stop_texts = [t for t in until if t and t != self.eos_text]
-        with torch.autocast(device_type=device.type, dtype=self.compute_dtype,
-                            enabled=self.compute_dtype != torch.float32):
-            for _ in range(max_new):
-                out = self.model(input_ids=step_ids, attention_mask=attention, position_ids=step_positions,
-                                 use_cache=True, logits_to_keep=1, **{self.cache_arg: cache})
-                cache = out[self.cache_arg]
-                next_ids = out.logits[:, -1].argmax(-1)
-                keep = []
-                for k, (row, token) in enumerate(zip(alive, next_ids.tolist())):  # one device sync a step
-                    generated[row].append(token)
-                    if token in self.stop_ids or len(generated[row]) >= max_new:
-                        continue
-                    if stop_texts and any(t in self.tok_decode(generated[row]) for t in stop_texts):
-                        continue
-                    keep.append(k)
-                if not keep:
+        with self._autocast():
+            while True:
+                free = slot_count - len(alive)
+                if waiting < len(prompts) and (not alive or free >= min(len(prompts) - waiting,
+                                                                        max(1, slot_count // 8))):
+                    admitted = prompts[waiting:waiting + free]
+                    rows = [_Row(prefix, ids[prefix.length if prefix else 0:]) for ids, prefix in admitted]
+                    self.counters["forward_tokens"] += sum(len(r.ids) for r in rows)
+                    new, logits = self._run(rows, head=True, keep=0)
+                    first = len(alive)
+                    slots.adopt(new, first)
+                    at = slice(first, first + len(rows))
+                    next_ids[at], lengths[at] = logits.argmax(-1), new.lengths
+                    host_lengths[at] = new.lengths.tolist()
+                    alive += range(waiting, waiting + len(rows))
+                    waiting += len(rows)
+                if not alive:
                     break
-                if len(keep) < len(alive):  # drop finished rows instead of decoding padding
-                    index = torch.tensor(keep, device=device)
-                    cache.batch_select_indices(index)
-                    attention, next_ids, step_positions = attention[index], next_ids[index], step_positions[index]
-                    alive = [alive[k] for k in keep]
-                attention = torch.cat([attention, attention.new_ones((len(alive), 1))], dim=1)
-                step_ids = next_ids[:, None]
-                step_positions = step_positions[:, -1:] + 1
-        n_generated = sum(len(tokens) for tokens in generated)
-        self.counters["generated_tokens"] += n_generated
-        self.counters["forward_tokens"] += n_generated
+                finished = []
+                for slot, (row, token) in enumerate(zip(alive, next_ids[:len(alive)].tolist())):  # one sync a step
+                    generated[row].append(token)
+                    if (token in self.stop_ids or len(generated[row]) >= max_new
+                            or (stop_texts and any(t in self.tok_decode(generated[row]) for t in stop_texts))):
+                        finished.append(slot)
+                if finished:  # the last live rows move into the freed slots: no padding is decoded
+                    if bar is not None:
+                        bar.update(len(finished))
+                    live = len(alive) - len(finished)
+                    done = set(finished)
+                    holes = [s for s in finished if s < live]
+                    movers = [s for s in range(live, len(alive)) if s not in done]
+                    if holes:
+                        src, dst = torch.tensor(movers, device=device), torch.tensor(holes, device=device)
+                        slots.move(src, dst, max(host_lengths[s] for s in movers))
+                        next_ids[dst], lengths[dst] = next_ids[src], lengths[src]
+                        for s, h in zip(movers, holes):
+                            alive[h], host_lengths[h] = alive[s], host_lengths[s]
+                    alive = alive[:live]
+                if not alive:
+                    continue
+                live, rows = len(alive), max(len(alive), floor)
+                used = max(host_lengths[:live]) + 1
+                step = lengths[:rows, None].clone()
+                step[live:] = 0  # idle slots: position 0, attending to column 0, writing to scratch
+                write = step.clone()
+                write[live:] = columns - 1
+                slots.begin(write, used)
+                out = self.model(input_ids=next_ids[:rows, None], position_ids=step,
+                                 attention_mask=(torch.arange(used, device=device) <= step)[:, None, None],
+                                 use_cache=True, logits_to_keep=1, **{self.cache_arg: slots})
+                next_ids[:rows] = out.logits[:, -1].argmax(-1)
+                lengths[:live] += 1
+                host_lengths[:live] = [n + 1 for n in host_lengths[:live]]
+                self.counters["forward_tokens"] += live
+        self.counters["generated_tokens"] += sum(len(tokens) for tokens in generated)
         texts = []
         for tokens in generated:
             text = self.tok_decode(tokens)
@@ -279,6 +420,159 @@ class FastLM(TemplateLM):
                     text = text.split(term)[0]
             texts.append(text)
         return texts
+
+
+# ---- shared prefixes and key/value slots ---------------------------------------------------------
+
+
+@dataclass
+class _Prefix:
+    """The keys and values of a token prefix, per layer, each [kv heads, length, head dim]."""
+
+    length: int
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class _Row:
+    """One row of a forward: its tokens after `prefix` (cached), at the positions after it."""
+
+    prefix: _Prefix | None
+    ids: list[int]
+
+
+class _Slots(DynamicCache):
+    """Keys and values of a batch, per layer [rows, kv heads, columns, head dim]: a row's prefix in
+    its first columns (copied from its _Prefix), its tokens after it. `begin` says, before each
+    forward, the column each input token is written to, and how many columns attention reads; the
+    last column is scratch, where padding writes.
+
+    keep=False (scoring): a layer's keys and values are dropped once it has attended. keep=True:
+    they stay for further forwards (generation, prefixes); `move` copies rows, `row` reads one.
+    """
+
+    def __init__(self, prefixes: list[_Prefix | None], columns: int, keep: bool):
+        super().__init__()
+        self.prefixes, self.columns, self.keep = prefixes, columns, keep
+        self.slot_keys: dict[int, torch.Tensor] = {}
+        self.slot_values: dict[int, torch.Tensor] = {}
+        self.write: torch.Tensor | None = None
+        self.used = 0
+        self.lengths: torch.Tensor | None = None
+
+    def begin(self, write: torch.Tensor, used: int) -> None:
+        self.write, self.used = write, used
+
+    def _allocate(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (len(self.prefixes), like.shape[1], self.columns, like.shape[3])
+        # zeros, not empty: a masked column still enters attention's products, and must be finite
+        keys, values = like.new_zeros(shape), like.new_zeros(shape)
+        by_prefix: dict[int, list[int]] = defaultdict(list)
+        for b, prefix in enumerate(self.prefixes):
+            if prefix is not None:
+                by_prefix[id(prefix)].append(b)
+        for rows in by_prefix.values():
+            prefix = self.prefixes[rows[0]]
+            k, v = prefix.kv[layer]
+            index = torch.tensor(rows, device=like.device)
+            keys[index, :, :prefix.length] = k.to(like.dtype)
+            values[index, :, :prefix.length] = v.to(like.dtype)
+        if self.keep:
+            self.slot_keys[layer], self.slot_values[layer] = keys, values
+        return keys, values
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if layer_idx in self.slot_keys:
+            keys, values = self.slot_keys[layer_idx], self.slot_values[layer_idx]
+        else:
+            keys, values = self._allocate(layer_idx, key_states)
+        rows = key_states.shape[0]
+        batch = torch.arange(rows, device=key_states.device)[:, None]
+        # [rows, heads, tokens, dim] into columns `write` [rows, tokens]
+        keys.transpose(1, 2)[batch, self.write] = key_states.transpose(1, 2)
+        values.transpose(1, 2)[batch, self.write] = value_states.transpose(1, 2)
+        return keys[:rows, :, :self.used], values[:rows, :, :self.used]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.used
+
+    def row(self, b: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, (keys, values) of row b's first `length` columns."""
+        return [(self.slot_keys[i][b, :, :length].clone(), self.slot_values[i][b, :, :length].clone())
+                for i in sorted(self.slot_keys)]
+
+    def adopt(self, other: _Slots, first: int) -> None:
+        """Copy the rows of `other` (a forward's kept slots) into rows first, first + 1, ..."""
+        rows = len(other.prefixes)
+        for layer in sorted(other.slot_keys):
+            for mine, theirs in ((self.slot_keys, other.slot_keys), (self.slot_values, other.slot_values)):
+                source = theirs[layer][:, :, :other.columns - 1]  # not their scratch column
+                if layer not in mine:
+                    shape = (len(self.prefixes), source.shape[1], self.columns, source.shape[3])
+                    mine[layer] = source.new_zeros(shape)
+                mine[layer][first:first + rows, :, :source.shape[2]] = source
+
+    def move(self, sources: torch.Tensor, targets: torch.Tensor, columns: int) -> None:
+        """Copy rows `sources` into rows `targets` (their first `columns` columns)."""
+        for store in (self.slot_keys, self.slot_values):
+            for layer in store:
+                store[layer][targets, :, :columns] = store[layer][sources, :, :columns]
+
+
+def _plan_prefixes(sequences: list[list[int]], min_saving: int) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """Which shared token prefixes to compute once, and which one each sequence starts from.
+
+    Walks the prefix tree of the sequences: a node (a prefix shared by at least two) is kept when
+    computing its tokens beyond the kept node it extends once, instead of in each sequence, saves
+    at least `min_saving` tokens ((length beyond the parent) x (sequences - 1)). Returns the nodes
+    as (parent node or -1, length, a sequence that starts with it), parents first, and for each
+    sequence the deepest kept node it starts with (-1: none).
+    """
+    nodes: list[tuple[int, int, int]] = []
+    owners = [-1] * len(sequences)
+    stack = [(list(range(len(sequences))), -1, 0)]  # (sequences sharing a prefix, kept parent, its length)
+    while stack:
+        indices, parent, parent_length = stack.pop()
+        if len(indices) < 2:
+            for i in indices:
+                owners[i] = parent
+            continue
+        shared = len(os.path.commonprefix([sequences[i] for i in indices]))
+        if shared > parent_length and (shared - parent_length) * (len(indices) - 1) >= min_saving:
+            nodes.append((parent, shared, indices[0]))
+            parent, parent_length = len(nodes) - 1, shared
+        branches: dict[int, list[int]] = defaultdict(list)
+        for i in indices:
+            if len(sequences[i]) == shared:
+                owners[i] = parent
+            else:
+                branches[sequences[i][shared]].append(i)
+        for branch in branches.values():
+            stack.append((branch, parent, parent_length))
+    return nodes, owners
+
+
+def _levels(nodes: list[tuple[int, int, int]]) -> list[list[int]]:
+    """Node indices by depth in the kept-prefix tree (parents precede their children in `nodes`)."""
+    depth: list[int] = []
+    levels: list[list[int]] = []
+    for index, (parent, _, _) in enumerate(nodes):
+        depth.append(depth[parent] + 1 if parent >= 0 else 0)
+        if depth[-1] == len(levels):
+            levels.append([])
+        levels[depth[-1]].append(index)
+    return levels
+
+
+def _sliding_window(config) -> int | None:
+    """The attention window of a model whose layers (some or all) attend to a sliding window."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types and all(t == "full_attention" for t in types):
+        return None
+    return int(window)
 
 
 def _stop_token_ids(model, tokenizer) -> set[int]:
