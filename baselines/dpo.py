@@ -14,7 +14,7 @@ open-unlearning (beta 0.1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,10 @@ def dpo_loss(logp_preferred: torch.Tensor, ref_preferred: torch.Tensor, logp_rej
 
 @dataclass
 class DPOConfig(TrainingConfig):
-    """beta: inverse temperature of the preference (open-unlearning's DPO on TOFU: 0.1)."""
+    """DPO's settings on top of TrainingConfig."""
 
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata={"help": (
+        "inverse temperature of the preference (open-unlearning's DPO on TOFU: 0.1).")})
 
     def validate(self) -> None:
         super().validate()

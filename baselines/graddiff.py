@@ -7,7 +7,7 @@ retain_loss_type NLL or KL).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ulmr.unlearning.config import check_range
 from ulmr.unlearning.losses import answer_nll, retain_term
@@ -17,9 +17,10 @@ from ulmr.unlearning.training import LossUnlearner, TrainingConfig
 
 @dataclass
 class GradDiffConfig(TrainingConfig):
-    """retain_weight: lambda, the weight of the retain term (TOFU, open-unlearning: 1.0)."""
+    """GradDiff's settings on top of TrainingConfig (its retain term is on by default)."""
 
-    retain_weight: float = 1.0
+    retain_weight: float = field(default=1.0, metadata={"help": (
+        "lambda, the weight of the retain term (TOFU, open-unlearning: 1.0).")})
 
     def validate(self) -> None:
         super().validate()

@@ -16,7 +16,7 @@ without it (RWKU prefixes them too; our MIA task scores plain texts).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ulmr.errors import UlmrError
 from ulmr.unlearning.subjects import MIN_NAME_QUESTIONS, recurring_names
@@ -43,19 +43,18 @@ def icu_prompt(subjects: list[str], instruction: str = INSTRUCTION) -> str:
 
 @dataclass
 class ICUConfig:
-    """instruction: the wording, with {subjects} where the names go (default: ours, after RWKU's).
-    infer_names: name TOFU's forget authors, which the data does not name, from the names that
-        recur in the forget questions (ulmr.unlearning.subjects.recurring_names, as ULMR does); off, or
-        when none recur, the instruction speaks of the fictitious authors in general.
-    min_name_questions: questions a name must appear in to count (8, ULMR's MIN_NAME_QUESTIONS:
-        TOFU asks 20 questions per author).
-    seed: recorded only; ICU is deterministic.
-    """
+    """ICU's settings: the instruction and how the forgotten subjects are named in it."""
 
-    instruction: str = INSTRUCTION
-    infer_names: bool = True
-    min_name_questions: int = MIN_NAME_QUESTIONS
-    seed: int = 0
+    instruction: str = field(default=INSTRUCTION, metadata={"help": (
+        "the wording, with {subjects} where the names go (default: ours, after RWKU's).")})
+    infer_names: bool = field(default=True, metadata={"help": (
+            "name TOFU's forget authors, which the data does not name, from the names that recur in the forget "
+            "questions (ulmr.unlearning.subjects.recurring_names, as ULMR does); off, or when none recur, the "
+            "instruction speaks of the fictitious authors in general.")})
+    min_name_questions: int = field(default=MIN_NAME_QUESTIONS, metadata={"help": (
+            "questions a name must appear in to count (8, ULMR's MIN_NAME_QUESTIONS: TOFU asks 20 questions per "
+            "author).")})
+    seed: int = field(default=0, metadata={"help": "recorded only; ICU is deterministic."})
 
     def validate(self) -> None:
         check_range("min_name_questions", self.min_name_questions, 1)

@@ -11,7 +11,7 @@ Source: Zhang et al., 2024, "Negative Preference Optimization" (beta 0.1 on TOFU
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +29,10 @@ def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.T
 
 @dataclass
 class NPOConfig(TrainingConfig):
-    """beta: inverse temperature of the preference (NPO paper and open-unlearning on TOFU: 0.1)."""
+    """NPO's settings on top of TrainingConfig."""
 
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata={"help": (
+        "inverse temperature of the preference (NPO paper and open-unlearning on TOFU: 0.1).")})
 
     def validate(self) -> None:
         super().validate()

@@ -50,28 +50,26 @@ class RMUConfig(TrainingConfig):
     `--steering_coeffs 6.5,6.5 --alpha 1200,1200 --lr 5e-5`, rmu/unlearn.py defaults `layer_id=7`,
     `layer_ids=5,6,7`, `param_ids=6`). Our defaults are for SmolLM2-135M (30 layers):
 
-    layer: decoder layer (0-based) whose output is steered: 7, the paper's layer placed at the same
-        depth (7 of 32 -> 6.6 of 30, rounded).
-    steering_coeff: c = 370. c only means something relative to the size of that layer's
-        activations: a third-party measurement of Zephyr-7B's layer-7 outputs found a median token
-        norm of about 2.0, so the paper's c is ~3.2x the norm; SmolLM2-135M's layer-7 outputs have
-        median norm ~115 on TOFU and RWKU texts (measured here: 120 forget answers, 115 retain
-        answers, 111 RWKU passages), and 3.2 x 115 = 370.
-    alpha: retain weight, 1200 (the paper's): both terms are mean squares of the same layer's
-        activations, so scaling c with the activation norm leaves their ratio, and alpha, unchanged.
-    update_layers: layers whose `update_modules` are trained; None: layer-2, layer-1, layer (the
-        paper's choice).
-    update_modules: parameter-name prefixes inside a decoder layer that are trained
-        (["mlp.down_proj"], what the WMDP code trains; ["mlp"] trains the whole MLP).
     lr 5e-5, grad_accum 1, warmup_ratio 0 and max_grad_norm 0: the WMDP code's AdamW at a constant
         5e-5, one step per batch, no clipping. retain_weight must stay 0: RMU's retain term is alpha's.
     """
 
-    layer: int = 7
-    steering_coeff: float = 370.0
-    alpha: float = 1200.0
-    update_layers: list[int] | None = None
-    update_modules: list[str] = field(default_factory=lambda: ["mlp.down_proj"])
+    layer: int = field(default=7, metadata={"help": (
+            "decoder layer (0-based) whose output is steered: 7, the paper's layer placed at the same depth (7 of 32 "
+            "-> 6.6 of 30, rounded).")})
+    steering_coeff: float = field(default=370.0, metadata={"help": (
+            "c = 370. c only means something relative to the size of that layer's activations: a third-party "
+            "measurement of Zephyr-7B's layer-7 outputs found a median token norm of about 2.0, so the paper's c is "
+            "~3.2x the norm; SmolLM2-135M's layer-7 outputs have median norm ~115 on TOFU and RWKU texts (measured "
+            "here: 120 forget answers, 115 retain answers, 111 RWKU passages), and 3.2 x 115 = 370.")})
+    alpha: float = field(default=1200.0, metadata={"help": (
+            "retain weight, 1200 (the paper's): both terms are mean squares of the same layer's activations, so "
+            "scaling c with the activation norm leaves their ratio, and alpha, unchanged.")})
+    update_layers: list[int] | None = field(default=None, metadata={"help": (
+            "layers whose `update_modules` are trained; None: layer-2, layer-1, layer (the paper's choice).")})
+    update_modules: list[str] = field(default_factory=lambda: ["mlp.down_proj"], metadata={"help": (
+            "parameter-name prefixes inside a decoder layer that are trained ([\"mlp.down_proj\"], what the WMDP "
+            "code trains; [\"mlp\"] trains the whole MLP).")})
     lr: float = 5e-5
     grad_accum: int = 1
     warmup_ratio: float = 0.0

@@ -13,7 +13,7 @@ two agree at the TOFU default gamma = 0 and we follow the paper's formula.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,20 +35,20 @@ class SimNPOConfig(TrainingConfig):
     forget05 command: `npo_coeff=0.1375 beta=2.5`, with TOFU/config/forget.yaml's gamma 0.0,
     grad_diff_coeff 1.0 on the retain NLL, lr 1e-5, weight decay 0.01):
 
-    beta: inverse temperature (2.5; their forget10 run and open-unlearning's SimNPO.yaml use 4.5).
-    gamma: reward margin (0.0, forget.yaml; open-unlearning's `delta`, also 0.0).
-    forget_weight: weight of the SimNPO term (0.1375, their `npo_coeff` for forget05; forget10 and
-        open-unlearning's `gamma`: 0.125).
-    retain_weight: weight of the retain NLL (1.0, their `grad_diff_coeff`; open-unlearning's
-        `alpha`); 0 gives SimNPO without a retain term.
     The shared lr (1e-5) is theirs; they train 20 epochs (forget.yaml) where the shared default is
     TOFU's 5, and profiles set the budget for every method alike.
     """
 
-    beta: float = 2.5
-    gamma: float = 0.0
-    forget_weight: float = 0.1375
-    retain_weight: float = 1.0
+    beta: float = field(default=2.5, metadata={"help": (
+            "inverse temperature (2.5; their forget10 run and open-unlearning's SimNPO.yaml use 4.5).")})
+    gamma: float = field(default=0.0, metadata={"help": (
+            "reward margin (0.0, forget.yaml; open-unlearning's `delta`, also 0.0).")})
+    forget_weight: float = field(default=0.1375, metadata={"help": (
+            "weight of the SimNPO term (0.1375, their `npo_coeff` for forget05; forget10 and open-unlearning's "
+            "`gamma`: 0.125).")})
+    retain_weight: float = field(default=1.0, metadata={"help": (
+            "weight of the retain NLL (1.0, their `grad_diff_coeff`; open-unlearning's `alpha`); 0 gives SimNPO "
+            "without a retain term.")})
 
     def validate(self) -> None:
         super().validate()

@@ -14,7 +14,7 @@ below are open-unlearning's TOFU settings (configs/trainer/UNDIAL.yaml).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -42,14 +42,14 @@ def undial_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Te
 class UNDIALConfig(TrainingConfig):
     """open-unlearning's UNDIAL on TOFU (configs/trainer/UNDIAL.yaml):
 
-    beta: how far the true token's logit is lowered in the target (10.0, their `beta`).
-    lr: 1e-4 (theirs, 10x the shared TOFU rate: the target is fixed, so the loss cannot run away).
     retain_weight: 0, the shared default and their `alpha: 0.0` (their forget weight `gamma` is 1).
     They train 10 epochs at effective batch 16; the shared default is TOFU's 5 epochs.
     """
 
-    beta: float = 10.0
-    lr: float = 1e-4
+    beta: float = field(default=10.0, metadata={"help": (
+            "how far the true token's logit is lowered in the target (10.0, their `beta`).")})
+    lr: float = field(default=1e-4, metadata={"help": (
+            "1e-4 (theirs, 10x the shared TOFU rate: the target is fixed, so the loss cannot run away).")})
 
     def validate(self) -> None:
         super().validate()

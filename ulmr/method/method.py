@@ -41,39 +41,6 @@ class UlmrConfig(TrainingConfig):
     """ULMR's switches, on top of the shared TrainingConfig (lr, epochs, max_steps, lora,
     retain_weight, seed, ...; an epoch is one pass over the training pairs).
 
-    rewrite: rewrite the forget questions (False: the original questions only).
-    rewriter: "self" (the model being unlearned, prompted with the templates), "template"
-        (deterministic string templates, no LLM), or a model (alias, folder, hub id) loaded for it.
-        An LLM rewriter also writes the responses of negatives=generated/both/alternative. The record's
-        "acceptance" says how many LLM rewrites were accepted and how many fell back to templates.
-    templates: rewrite templates to use, from ulmr.method.rewriting.TEMPLATES (default: all).
-    k: rewrites per forget question.
-    include_original: train on the original forget questions too.
-    rewrite_temperature: rewriter sampling temperature; 0 = greedy.
-    rewrite_max_new_tokens: longest rewrite or generated refusal, in tokens.
-    rewrite_fallback: a rejected LLM rewrite is replaced by the template-only form of the same
-        template (so a weak rewriter still yields K rewrites per question).
-    inference_batch_size: prompts per batch when generating and when scoring alphas (the
-        validation answers are generated in batches of this size too).
-    leak_ngram: span length of the leak filter (ulmr.method.leak).
-    negatives: "bank" (refusal bank + subject-aware refusals), "generated" (refusals by the rewriter LLM),
-        "both", or "alternative": plausible but wrong answers about the same subject, made up by the
-        rewriter LLM, dropped (and replaced by a bank refusal) when one refuses, does not name the
-        subject, leaks the true answer, or equals or leaks a text the unlearning data lists under
-        metadata["avoid_responses"] (e.g. a benchmark's scored wrong answers). The LLM kinds need an
-        LLM rewriter. The record's "acceptance" counts, per kind, the responses tried, accepted, dropped.
-    subject_refusal_share: chance that a bank negative is a subject-aware refusal, when the
-        instruction names its subject.
-    alpha: weight of the unlearned model in the parameter average: a number in [0, 1]
-        (1 = no averaging), or "auto": chosen on the benchmark's validation data
-        (UnlearningData.validation) by ulmr/selection.py's criterion, see averaging.choose_alpha.
-    alpha_grid: candidate alphas for alpha=auto.
-    validation_max: auto: at most this many validation items per side (forget, retain), evenly
-        spread, since every grid alpha and the original are scored, and answer, on all of them.
-    soup: unlearned weights = the uniform average of this many evenly spaced checkpoints of the
-        training trajectory, the last included (1: the final weights).
-    max_questions: rewrite only the first this many forget questions (None: all; RWKU has 300 a
-        target, and LLM rewriting of all of them is minutes on a CPU).
     retain_weight (inherited): 0 by default, as in RT, so that comparing the two isolates what
         rewriting and averaging add; averaging is ULMR's own guard of model utility.
     average_alpha (inherited): refused; ULMR's step 4 is `alpha`.
@@ -84,23 +51,52 @@ class UlmrConfig(TrainingConfig):
     is chosen on validation data rather than fixed, by the criterion `ulmr-bench tune` uses.
     """
 
-    rewrite: bool = True
-    rewriter: str = "self"
-    templates: list[str] = field(default_factory=lambda: list(TEMPLATES))
-    k: int = 4
-    include_original: bool = True
-    rewrite_temperature: float = 0.7
-    rewrite_max_new_tokens: int = 64
-    rewrite_fallback: bool = True
-    inference_batch_size: int = 16
-    leak_ngram: int = DEFAULT_NGRAM
-    negatives: Literal["bank", "generated", "both", "alternative"] = "bank"
-    subject_refusal_share: float = 0.5
-    alpha: float | Literal["auto"] = "auto"
-    alpha_grid: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
-    validation_max: int = 64
-    soup: int = 1
-    max_questions: int | None = None
+    rewrite: bool = field(default=True, metadata={"help": (
+            "rewrite the forget questions (False: the original questions only).")})
+    rewriter: str = field(default="self", metadata={"help": (
+            "\"self\" (the model being unlearned, prompted with the templates), \"template\" (deterministic string "
+            "templates, no LLM), or a model (alias, folder, hub id) loaded for it. An LLM rewriter also writes the "
+            "responses of negatives=generated/both/alternative. The record's \"acceptance\" says how many LLM "
+            "rewrites were accepted and how many fell back to templates.")})
+    templates: list[str] = field(default_factory=lambda: list(TEMPLATES), metadata={"help": (
+            "rewrite templates to use, from ulmr.method.rewriting.TEMPLATES (default: all).")})
+    k: int = field(default=4, metadata={"help": "rewrites per forget question."})
+    include_original: bool = field(default=True, metadata={"help": "train on the original forget questions too."})
+    rewrite_temperature: float = field(default=0.7, metadata={"help": "rewriter sampling temperature; 0 = greedy."})
+    rewrite_max_new_tokens: int = field(default=64, metadata={"help": (
+            "longest rewrite or generated refusal, in tokens.")})
+    rewrite_fallback: bool = field(default=True, metadata={"help": (
+            "a rejected LLM rewrite is replaced by the template-only form of the same template (so a weak rewriter "
+            "still yields K rewrites per question).")})
+    inference_batch_size: int = field(default=16, metadata={"help": (
+            "prompts per batch when generating and when scoring alphas (the validation answers are generated in "
+            "batches of this size too).")})
+    leak_ngram: int = field(default=DEFAULT_NGRAM, metadata={"help": (
+            "span length of the leak filter (ulmr.method.leak).")})
+    negatives: Literal["bank", "generated", "both", "alternative"] = field(default="bank", metadata={"help": (
+            "\"bank\" (refusal bank + subject-aware refusals), \"generated\" (refusals by the rewriter LLM), "
+            "\"both\", or \"alternative\": plausible but wrong answers about the same subject, made up by the "
+            "rewriter LLM, dropped (and replaced by a bank refusal) when one refuses, does not name the subject, "
+            "leaks the true answer, or equals or leaks a text the unlearning data lists under "
+            "metadata[\"avoid_responses\"] (e.g. a benchmark's scored wrong answers). The LLM kinds need an LLM "
+            "rewriter. The record's \"acceptance\" counts, per kind, the responses tried, accepted, dropped.")})
+    subject_refusal_share: float = field(default=0.5, metadata={"help": (
+            "chance that a bank negative is a subject-aware refusal, when the instruction names its subject.")})
+    alpha: float | Literal["auto"] = field(default="auto", metadata={"help": (
+            "weight of the unlearned model in the parameter average: a number in [0, 1] (1 = no averaging), or "
+            "\"auto\": chosen on the benchmark's validation data (UnlearningData.validation) by ulmr/selection.py's "
+            "criterion, see averaging.choose_alpha.")})
+    alpha_grid: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], metadata={"help": (
+            "candidate alphas for alpha=auto.")})
+    validation_max: int = field(default=64, metadata={"help": (
+            "auto: at most this many validation items per side (forget, retain), evenly spread, since every grid "
+            "alpha and the original are scored, and answer, on all of them.")})
+    soup: int = field(default=1, metadata={"help": (
+            "unlearned weights = the uniform average of this many evenly spaced checkpoints of the training "
+            "trajectory, the last included (1: the final weights).")})
+    max_questions: int | None = field(default=None, metadata={"help": (
+            "rewrite only the first this many forget questions (None: all; RWKU has 300 a target, and LLM rewriting "
+            "of all of them is minutes on a CPU).")})
 
     def validate(self) -> None:
         if self.average_alpha is not None:  # the shared post-step's switch; ULMR's step 4 is `alpha`

@@ -101,8 +101,17 @@ def describe_fields(config_class: type) -> list[dict[str, Any]]:
         _RANGES.reset(token)
     return [{"name": f.name, "type": _type_name(hints[f.name]),
              "default": f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default,
-             "range": ranges.get(f.name, ""), "help": f.metadata.get("help", "")}
+             "range": ranges.get(f.name, ""), "help": _help(config_class, f.name)}
             for f in dataclasses.fields(config_class)]
+
+
+def _help(config_class: type, name: str) -> str:
+    """A field's help; a subclass that only changes a field's default (a preset) keeps its parent's."""
+    for cls in config_class.__mro__:
+        field = getattr(cls, "__dataclass_fields__", {}).get(name)
+        if field is not None and field.metadata.get("help"):
+            return field.metadata["help"]
+    return ""
 
 
 def _type_name(hint) -> str:

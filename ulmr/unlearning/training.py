@@ -54,57 +54,54 @@ class TrainingConfig:
     Defaults follow TOFU (Maini et al., 2024) and open-unlearning's TOFU settings (both train
     Llama-2-7B / Phi-1.5 with the transformers Trainer), with the batch shrunk for a 40-item
     forget01 on a small model.
-
-    lr: peak AdamW learning rate (TOFU, open-unlearning: 1e-5).
-    epochs: passes over the forget items (TOFU: 5; open-unlearning: 10).
-    max_steps: optimizer steps to run instead of `epochs` (None: derive from epochs).
-    batch_size: forget items per micro-batch, per process (open-unlearning: 4); a retain batch of
-        the same size joins each one when the method has a retain term.
-    grad_accum: micro-batches per optimizer step (open-unlearning: 4; effective batch 16 on one device).
-    warmup_ratio: share of the steps with a linear learning-rate warm-up, then linear decay
-        (TOFU warms up for one epoch of five: 0.2).
-    weight_decay: AdamW decay of the matrices (TOFU, open-unlearning: 0.01); biases and norms get none.
-    max_grad_norm: gradient-norm clipping (the Trainer's default 1.0); 0 turns clipping off.
-    seed: seeds data order, refusal choice, LoRA init and dropout: the same seed repeats a run exactly.
-    dtype: compute precision. "auto": bf16 where the hardware has bf16 units (ulmr.hardware), else
-        fp32; "bf16": torch.autocast to bf16 (weights and optimizer state stay fp32); "fp32".
-    lora: train LoRA adapters (PEFT) instead of all weights; merged into the model at the end.
-    lora_r, lora_alpha, lora_dropout: LoRA rank, scale and dropout (alpha 32 and dropout 0.05 as in
-        TOFU's config; rank 8, PEFT's default).
-    lora_target_modules: module names to adapt (None: every linear layer but the output head).
-    retain_weight: weight of the retain term of methods that have one (0: no retain batches).
-    retain_loss: "nll" on retain answers, or "kl" to the frozen reference model on them.
-    max_length: tokens per sequence; longer ones are cut from the right (TOFU: 500).
-    group_by_length: draw each micro-batch from items of similar length (shuffled windows of 16
-        batches, sorted by length, cut into batches, the batches shuffled): RWKU injection mixes
-        40-token questions with 200-token passages, and padding to the longest row of a random
-        batch made it compute 1.63 tokens per real one.
-    average_alpha: a post-step of every loss-based method (LossUnlearner): after training, theta =
-        alpha * theta_trained + (1 - alpha) * theta_original (ulmr.unlearning.averaging; 0 = the
-        original model, 1 = the trained one); None: off. "auto" is not available yet (the hook is
-        LossUnlearner.choose_average_alpha). ULMR averages through its own `alpha` instead.
     """
 
-    lr: float = 1e-5
-    epochs: int = 5
-    max_steps: int | None = None
-    batch_size: int = 4
-    grad_accum: int = 4
-    warmup_ratio: float = 0.2
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = None
-    retain_weight: float = 0.0
-    retain_loss: Literal["nll", "kl"] = "nll"
-    max_length: int = 512
-    group_by_length: bool = False
-    average_alpha: float | Literal["auto"] | None = None
+    lr: float = field(default=1e-5, metadata={"help": "peak AdamW learning rate (TOFU, open-unlearning: 1e-5)."})
+    epochs: int = field(default=5, metadata={"help": "passes over the forget items (TOFU: 5; open-unlearning: 10)."})
+    max_steps: int | None = field(default=None, metadata={"help": (
+            "optimizer steps to run instead of `epochs` (None: derive from epochs).")})
+    batch_size: int = field(default=4, metadata={"help": (
+            "forget items per micro-batch, per process (open-unlearning: 4); a retain batch of the same size joins "
+            "each one when the method has a retain term.")})
+    grad_accum: int = field(default=4, metadata={"help": (
+            "micro-batches per optimizer step (open-unlearning: 4; effective batch 16 on one device).")})
+    warmup_ratio: float = field(default=0.2, metadata={"help": (
+            "share of the steps with a linear learning-rate warm-up, then linear decay (TOFU warms up for one epoch "
+            "of five: 0.2).")})
+    weight_decay: float = field(default=0.01, metadata={"help": (
+            "AdamW decay of the matrices (TOFU, open-unlearning: 0.01); biases and norms get none.")})
+    max_grad_norm: float = field(default=1.0, metadata={"help": (
+            "gradient-norm clipping (the Trainer's default 1.0); 0 turns clipping off.")})
+    seed: int = field(default=0, metadata={"help": (
+            "seeds data order, refusal choice, LoRA init and dropout: the same seed repeats a run exactly.")})
+    dtype: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={"help": (
+            "compute precision. \"auto\": bf16 where the hardware has bf16 units (ulmr.hardware), else fp32; "
+            "\"bf16\": torch.autocast to bf16 (weights and optimizer state stay fp32); \"fp32\".")})
+    lora: bool = field(default=False, metadata={"help": (
+            "train LoRA adapters (PEFT) instead of all weights; merged into the model at the end.")})
+    lora_r: int = field(default=8, metadata={"help": (
+            "LoRA rank, scale and dropout (alpha 32 and dropout 0.05 as in TOFU's config; rank 8, PEFT's default).")})
+    lora_alpha: float = field(default=32.0, metadata={"help": (
+            "LoRA rank, scale and dropout (alpha 32 and dropout 0.05 as in TOFU's config; rank 8, PEFT's default).")})
+    lora_dropout: float = field(default=0.05, metadata={"help": (
+            "LoRA rank, scale and dropout (alpha 32 and dropout 0.05 as in TOFU's config; rank 8, PEFT's default).")})
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": (
+            "module names to adapt (None: every linear layer but the output head).")})
+    retain_weight: float = field(default=0.0, metadata={"help": (
+            "weight of the retain term of methods that have one (0: no retain batches).")})
+    retain_loss: Literal["nll", "kl"] = field(default="nll", metadata={"help": (
+            "\"nll\" on retain answers, or \"kl\" to the frozen reference model on them.")})
+    max_length: int = field(default=512, metadata={"help": (
+            "tokens per sequence; longer ones are cut from the right (TOFU: 500).")})
+    group_by_length: bool = field(default=False, metadata={"help": (
+            "draw each micro-batch from items of similar length (shuffled windows of 16 batches, sorted by length, "
+            "cut into batches, the batches shuffled): RWKU injection mixes 40-token questions with 200-token "
+            "passages, and padding to the longest row of a random batch made it compute 1.63 tokens per real one.")})
+    average_alpha: float | Literal["auto"] | None = field(default=None, metadata={"help": (
+            "a post-step of every loss-based method (LossUnlearner): after training, theta = alpha * theta_trained + "
+            "(1 - alpha) * theta_original (ulmr.unlearning.averaging; 0 = the original model, 1 = the trained one); "
+            "None: off. \"auto\" is not available yet (the hook is LossUnlearner.choose_average_alpha). ULMR "
+            "averages through its own `alpha` instead.")})
 
     def validate(self) -> None:
         check_range("lr", self.lr, 0, low_open=True)
