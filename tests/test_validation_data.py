@@ -94,13 +94,15 @@ def evaluation_strings(benchmark: str, selection: str, data_dir) -> set[str]:
 
 
 def method_examples(profile, benchmark: str, data) -> dict[str, list[Example]]:
-    """What each registered method trains on, built as the method builds it. ULMR's instructions
-    are its rewriting step's output with the template rewriter (the original questions and their
-    rewrites; the negative-response step only pairs them with bank refusals or drops them)."""
+    """What each registered method trains on, built as the method builds it: a loss method's forget
+    parts and the retain data; ULMR's instructions are its rewriting step's output with the template
+    rewriter (the original questions and their rewrites; the negative-response step only pairs them
+    with bank refusals or drops them). Other methods (a test's own) are skipped."""
     from ulmr.method.method import UlmrUnlearner
     from ulmr.method.rewriting import original_instructions, rewrite_questions
     from ulmr.unlearning.subjects import recurring_names
     from ulmr.unlearning.registry import available_methods
+    from ulmr.unlearning.training import LossUnlearner
 
     @functools.cache
     def ulmr_instructions(rewrite: bool, include_original: bool, max_questions, templates, k, leak_ngram):
@@ -119,7 +121,7 @@ def method_examples(profile, benchmark: str, data) -> dict[str, list[Example]]:
         if issubclass(cls, UlmrUnlearner):
             made[name] = ulmr_instructions(config.rewrite, config.include_original, config.max_questions,
                                            tuple(config.templates), config.k, config.leak_ngram) + data.retain
-        else:
+        elif issubclass(cls, LossUnlearner):
             made[name] = [ex for part in cls(config).forget_parts(data).values() for ex in part] + data.retain
     return made
 
