@@ -115,7 +115,7 @@ def method_examples(profile, benchmark: str, data) -> dict[str, list[Example]]:
 
     made = {}
     for name, cls in available_methods().items():
-        if not (issubclass(cls, UlmrUnlearner) or hasattr(cls, "forget_parts")):
+        if not issubclass(cls, (UlmrUnlearner, LossUnlearner)):
             continue  # trains on nothing (icu), or a stub another test registered
         config = profile.method_config(name, benchmark, profile.seeds[0])
         if issubclass(cls, UlmrUnlearner):
