@@ -307,6 +307,7 @@ class HalfAscent(LossUnlearner):
 
 
 def test_method_from_an_installed_package_is_discovered(tmp_path, monkeypatch):
+    from ulmr.plugins import Registry
     from ulmr.unlearning import registry
 
     (tmp_path / "ulmr_test_plugin.py").write_text(PLUGIN)
@@ -317,13 +318,14 @@ def test_method_from_an_installed_package_is_discovered(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     # Register the built-ins first: their modules import once, so a registry restored without
     # them would stay without them.
-    monkeypatch.setattr(registry, "_METHODS", dict(registry.available_methods()))
-    registry._load_entry_points.cache_clear()
+    fresh = Registry("method", registry.ENTRY_POINT_GROUP)  # reads the entry points again
+    for method in registry.available_methods().values():
+        fresh.add(method)
+    monkeypatch.setattr(registry, "_METHODS", fresh)
     try:
         assert registry.get_method("half-ascent").__doc__.startswith("Gradient ascent at half")
         assert {"ga", "graddiff", "npo", "dpo", "rt"} <= set(registry.available_methods())
     finally:
-        registry._load_entry_points.cache_clear()
         sys.modules.pop("ulmr_test_plugin", None)
 
 

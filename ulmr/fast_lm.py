@@ -489,8 +489,9 @@ class _Slots(DynamicCache):
         rows = key_states.shape[0]
         batch = torch.arange(rows, device=key_states.device)[:, None]
         # [rows, heads, tokens, dim] into columns `write` [rows, tokens]
-        keys.transpose(1, 2)[batch, self.write] = key_states.transpose(1, 2)
-        values.transpose(1, 2)[batch, self.write] = value_states.transpose(1, 2)
+        # under autocast a forward's states may come in another dtype than the slots were made in
+        keys.transpose(1, 2)[batch, self.write] = key_states.transpose(1, 2).to(keys.dtype)
+        values.transpose(1, 2)[batch, self.write] = value_states.transpose(1, 2).to(values.dtype)
         return keys[:rows, :, :self.used], values[:rows, :, :self.used]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -510,7 +511,7 @@ class _Slots(DynamicCache):
                 if layer not in mine:
                     shape = (len(self.prefixes), source.shape[1], self.columns, source.shape[3])
                     mine[layer] = source.new_zeros(shape)
-                mine[layer][first:first + rows, :, :source.shape[2]] = source
+                mine[layer][first:first + rows, :, :source.shape[2]] = source.to(mine[layer].dtype)
 
     def move(self, sources: torch.Tensor, targets: torch.Tensor, columns: int) -> None:
         """Copy rows `sources` into rows `targets` (their first `columns` columns)."""

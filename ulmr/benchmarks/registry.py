@@ -23,12 +23,10 @@ from any imported module (tests do this).
 from __future__ import annotations
 
 import abc
-import functools
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
-from ulmr.errors import UlmrError
+from ulmr.plugins import Registry
 from ulmr.prompts import PromptTemplate
 from ulmr.unlearning.interface import UnlearningData, ValidationData
 
@@ -268,44 +266,23 @@ class Benchmark(abc.ABC):
         return next((direction for prefix, direction in self.directions if key.startswith(prefix)), None)
 
 
-_BENCHMARKS: dict[str, Benchmark] = {}
+_BENCHMARKS = Registry("benchmark", ENTRY_POINT_GROUP)
 
 
 def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
-    """Class decorator: make a Benchmark subclass available under its `name`."""
-    name = getattr(cls, "name", None)
-    if not name:
-        raise TypeError(f"{cls.__name__} needs a class attribute `name` to be registered")
-    if name in _BENCHMARKS and type(_BENCHMARKS[name]) is not cls:
-        raise UlmrError(f"benchmark name {name!r} is registered twice ({type(_BENCHMARKS[name]).__name__} and "
-                        f"{cls.__name__}): rename one")
-    _BENCHMARKS[name] = cls()
+    """Class decorator: make a Benchmark subclass available under its `name` (as an instance)."""
+    _BENCHMARKS.add(cls, cls())
     return cls
 
 
-@functools.cache
-def _load_entry_points() -> None:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:  # noqa: BLE001  (a broken plugin must not take the others down silently)
-            raise UlmrError(f"benchmark plugin {ep.name!r} ({ep.value}) failed to import: {exc}; "
-                            "fix or uninstall that package") from exc
-
-
 def available_benchmarks() -> dict[str, Benchmark]:
-    _load_entry_points()
-    return dict(sorted(_BENCHMARKS.items()))
+    return _BENCHMARKS.all()
 
 
 def get_benchmark(name: str) -> Benchmark:
-    benchmarks = available_benchmarks()
-    if name not in benchmarks:
-        raise UlmrError(f"unknown benchmark {name!r}: choose from {', '.join(benchmarks)}")
-    return benchmarks[name]
+    return _BENCHMARKS.get(name)
 
 
 def unregister_benchmark(name: str) -> None:
     """Remove a registered benchmark (tests that register their own clean up with this)."""
-    _BENCHMARKS.pop(name, None)
-
+    _BENCHMARKS.remove(name)
