@@ -392,12 +392,12 @@ def min_k_metrics(lm, samples: dict[str, list]) -> dict[str, float | None]:
     records = samples.get("rwku_mia")
     if not records or not isinstance(getattr(lm, "model", None), torch.nn.Module):
         return {}
-    scores = [(r["doc"]["set"], min_k_loss(token_logprobs(lm, r["doc"]["text"]))) for r in records]
+    scores = [(r["doc"]["set"], min_k_loss(rolling_token_logprobs(lm, r["doc"]["text"]))) for r in records]
     values = {"mia_fm_mink": fm_mean(scores), "mia_rm_mink": rm_mean(scores), "mia_auroc_mink": set_auroc(scores)}
     return {key: None if math.isnan(value) else value for key, value in values.items()}
 
 
-def token_logprobs(lm, text: str) -> list[float]:
+def rolling_token_logprobs(lm, text: str) -> list[float]:
     """Log-prob of every token lm-eval's loglikelihood_rolling scores for `text`: its tokens after
     the model's prefix token, in lm-eval's windows of at most the model's length."""
     import torch
