@@ -234,8 +234,9 @@ def test_icu_names_tofus_authors_from_the_questions_or_speaks_of_them_in_general
 
     data = get_benchmark("tofu").unlearning_data("forget01", PromptTemplate(), data_dir)
     named = ICU().unlearn(None, None, data)
-    assert named.record["subjects"] == ["Basil Mahfouz Al-Kuwaiti", "Nikolai Abilov"]
-    assert "Basil Mahfouz Al-Kuwaiti and Nikolai Abilov" in named.system_prompt
+    # forget01's two authors and the forget-validation author, half of whose questions join the forget set
+    assert named.record["subjects"] == ["Basil Mahfouz Al-Kuwaiti", "Nikolai Abilov", "Fatima Al-Mansour"]
+    assert "Basil Mahfouz Al-Kuwaiti, Nikolai Abilov and Fatima Al-Mansour" in named.system_prompt
     generic = ICU(build_config(ICU.config_class, {"infer_names": False})).unlearn(None, None, data)
     assert generic.record["subjects"] == [] and UNNAMED_SUBJECTS in generic.system_prompt
 
