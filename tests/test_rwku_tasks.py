@@ -272,7 +272,7 @@ def test_plain_lm_eval_and_evaluate_agree_on_smollm2(data_dir):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from ulmr.benchmarks.rwku import summarize
+    from ulmr.benchmarks.registry import get_benchmark
     from ulmr.evaluation import EvalSettings, evaluate
     from ulmr.models import resolve_model
 
@@ -286,7 +286,7 @@ def test_plain_lm_eval_and_evaluate_agree_on_smollm2(data_dir):
     ours = evaluate(path, EvalSettings(benchmark="rwku", selection="1", data_dir=str(data_dir),
                                                limit=limit, dtype="fp32", device="cpu", batch_size=1,
                                                max_gen_toks=max_gen_toks))
-    plain_metrics, _ = summarize(plain["results"], {})
+    plain_metrics, _ = get_benchmark("rwku").summarize(plain["results"], {})
     lm_eval_metrics = {k: v for k, v in plain_metrics.items() if not k.endswith("_mink")}  # Min-K% is ours
     assert any(v is not None for v in lm_eval_metrics.values())
     for key, value in lm_eval_metrics.items():

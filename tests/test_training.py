@@ -344,15 +344,19 @@ def test_unknown_method_and_config_key_are_one_line_errors():
 
 def test_tofu_task_from_the_forget_split(data_dir):
     from ulmr.benchmarks.registry import get_benchmark
+    from ulmr.data.tofu import load_tofu
 
     task = get_benchmark("tofu").unlearning_data("forget01", TEMPLATE, data_dir)
     # forget01 and half the forget-validation author; retain99 less the three validation authors
     assert (len(task.forget), len(task.retain), len(task.refusals)) == (40 + 10, 3960 - 60, 100)
     assert (len(task.validation.forget), len(task.validation.retain)) == (10, 40)
     assert task.forget_questions == task.forget and all(ex.question for ex in task.forget)
-    # the texts the truth ratio scores, for each forget question: no generated negative may be one
+    # the texts the truth ratio scores, for each scored forget question: no generated negative may be
+    # one (the forget-validation author's questions are scored by no task, so have none)
     avoid = task.metadata["avoid_responses"]
-    assert set(avoid) == {ex.question for ex in task.forget} and all(len(texts) == 6 for texts in avoid.values())
+    scored = {row["question"] for row in load_tofu("forget01_perturbed", data_dir)}
+    assert set(avoid) == scored < {ex.question for ex in task.forget}
+    assert all(len(texts) == 6 for texts in avoid.values())
     with pytest.raises(UlmrError, match="unknown TOFU split 'forget02'"):
         get_benchmark("tofu").unlearning_data("forget02", TEMPLATE, data_dir)
 
