@@ -216,7 +216,7 @@ class FastLM(TemplateLM):
         contexts = []
         for _, context, continuation in requests:
             # as lm-eval's hf model: a request longer than the model's window loses context on the left
-            keep = self.max_length + 1 - len(continuation)
+            keep = max(1, self.max_length + 1 - len(continuation))
             contexts.append(list(context[-keep:] if len(context) > keep else context))
         results: list = [None] * len(requests)
         bar = tqdm(total=len(requests), desc="Scoring (shared prefixes)", disable=disable_tqdm)
