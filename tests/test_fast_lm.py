@@ -86,13 +86,15 @@ def test_generation_with_a_stop_string_and_eos_equals_hf(lively, hf):
 def test_shared_prefixes_are_computed_once(lively):
     requests = _generation_requests(until=["e"])
     work = {}
-    for min_saving in (4, 10**9):
-        lm = _fast(lively, prefix_min_saving=min_saving)
+    for min_saving, align in ((4, 1), (4, 32), (10**9, 1)):
+        lm = _fast(lively, prefix_min_saving=min_saving, prefix_align=align)
         lm.generate_until(requests, disable_tqdm=True)
-        work[min_saving] = lm.counters["forward_tokens"] - lm.counters["generated_tokens"]
+        work[min_saving, align] = lm.counters["forward_tokens"] - lm.counters["generated_tokens"]
     # prompt tokens through the model: the system turn (56 bytes) once instead of in 6 prompts, and
     # the few-shot block once instead of in 3
-    assert work[10**9] - work[4] >= 5 * len(SYSTEM) + 2 * len(SHOTS)
+    assert work[10**9, 1] - work[4, 1] >= 5 * len(SYSTEM) + 2 * len(SHOTS)
+    # prefixes cut to multiples of 32 tokens (the default) save less, but save
+    assert work[4, 1] < work[4, 32] < work[10**9, 1]
 
 
 def _loglikelihood_requests():
@@ -147,6 +149,15 @@ def test_prefix_memory_budget_splits_requests_into_chunks_with_the_same_results(
     assert len(chunks) > 1
     for (logprob, _), (hf_logprob, _) in zip(scored, hf.loglikelihood(requests, disable_tqdm=True)):
         assert logprob == pytest.approx(hf_logprob, rel=1e-6, abs=1e-6)
+
+
+def test_plan_prefixes_cuts_prefixes_to_the_alignment():
+    from ulmr.fast_lm import _plan_prefixes
+
+    sequences = [list(range(70)) + [1], list(range(70)) + [2], list(range(70)) + [3]]
+    assert _plan_prefixes(sequences, min_saving=16, align=32) == ([(-1, 64, 0)], [0, 0, 0])
+    assert _plan_prefixes(sequences, min_saving=16, align=1) == ([(-1, 70, 0)], [0, 0, 0])
+    assert _plan_prefixes([s[:20] for s in sequences], min_saving=1, align=32) == ([], [-1, -1, -1])
 
 
 def test_plan_prefixes_keeps_prefixes_that_save_work():

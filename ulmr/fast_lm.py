@@ -50,7 +50,7 @@ class FastLM(TemplateLM):
     def __init__(self, pretrained, tokenizer=None, dtype: str = "auto", device: str | None = None,
                  batch_size: int | str = 16, max_gen_toks: int = 256, generation_tokens: int = 32768,
                  score_tokens: int = 8192, prefix_min_saving: int = 16, prefix_bytes: int = 1 << 30,
-                 **_ignored):
+                 prefix_align: int = 32, **_ignored):
         super().__init__()
         from ulmr.hardware import default_device, resolve_dtype
         from ulmr.models import load_model, load_tokenizer
@@ -77,6 +77,11 @@ class FastLM(TemplateLM):
         # a shared prefix is computed once when that saves at least this many tokens of forward
         # work (its length beyond the prefix it extends x the rows that share it, less one)
         self.prefix_min_saving = int(prefix_min_saving)
+        # cached prefixes are cut to multiples of this many tokens: the CPU attention kernel takes
+        # queries in blocks of 32 (64, 256 past 192, 768 queries) from the first, and a query's
+        # rounding depends on its block; aligned, a row's tokens fall in the blocks they fall in
+        # when the hf model computes the whole sequence, and round alike
+        self.prefix_align = max(1, int(prefix_align))
         self.decoder = self.model.get_decoder()
         self.lm_head = self.model.get_output_embeddings()
         config = self.model.config
@@ -129,7 +134,7 @@ class FastLM(TemplateLM):
 
     def _prefixes(self, sequences: list[list[int]]) -> list[_Prefix | None]:
         """The cached prefix each sequence starts from (None: none), computed here."""
-        nodes, owners = _plan_prefixes(sequences, self.prefix_min_saving)
+        nodes, owners = _plan_prefixes(sequences, self.prefix_min_saving, self.prefix_align)
         done: dict[int, _Prefix] = {}
         for level in _levels(nodes):  # parents before children, one forward a level
             rows = []
@@ -211,7 +216,7 @@ class FastLM(TemplateLM):
         contexts = []
         for _, context, continuation in requests:
             # as lm-eval's hf model: a request longer than the model's window loses context on the left
-            keep = self.max_length + 1 - len(continuation)
+            keep = max(1, self.max_length + 1 - len(continuation))
             contexts.append(list(context[-keep:] if len(context) > keep else context))
         results: list = [None] * len(requests)
         bar = tqdm(total=len(requests), desc="Scoring (shared prefixes)", disable=disable_tqdm)
@@ -352,9 +357,6 @@ class FastLM(TemplateLM):
         generated: list[list[int]] = [[] for _ in prompts]
         alive: list[int] = []  # the prompt in each live slot, slot by slot
         waiting = 0  # prompts before this one have been admitted
-        # a step decodes at least MIN_ROWS slots (idle ones too, writing to the scratch column), as
-        # the hf model decodes its whole batch: fewer rows would round differently (see MIN_ROWS)
-        floor = min(slot_count, MIN_ROWS)
         # the end-of-sequence text is caught by its token id; only other stop strings need decoding
         stop_texts = [t for t in until if t and t != self.eos_text]
         with self._autocast():
@@ -397,17 +399,18 @@ class FastLM(TemplateLM):
                     alive = alive[:live]
                 if not alive:
                     continue
-                live, rows = len(alive), max(len(alive), floor)
+                # only the live rows decode (the hf model decodes its whole batch until its longest
+                # row ends): fewer than MIN_ROWS of them may round differently from a full batch, by
+                # an ulp, which a greedy argmax does not see (tests: the same text), and padding them
+                # to MIN_ROWS cost a third of the decoding time on a busy 2-core CPU
+                live = len(alive)
                 used = max(host_lengths[:live]) + 1
-                step = lengths[:rows, None].clone()
-                step[live:] = 0  # idle slots: position 0, attending to column 0, writing to scratch
-                write = step.clone()
-                write[live:] = columns - 1
-                slots.begin(write, used)
-                out = self.model(input_ids=next_ids[:rows, None], position_ids=step,
+                step = lengths[:live, None]
+                slots.begin(step, used)
+                out = self.model(input_ids=next_ids[:live, None], position_ids=step,
                                  attention_mask=(torch.arange(used, device=device) <= step)[:, None, None],
                                  use_cache=True, logits_to_keep=1, **{self.cache_arg: slots})
-                next_ids[:rows] = out.logits[:, -1].argmax(-1)
+                next_ids[:live] = out.logits[:, -1].argmax(-1)
                 lengths[:live] += 1
                 host_lengths[:live] = [n + 1 for n in host_lengths[:live]]
                 self.counters["forward_tokens"] += live
@@ -487,11 +490,11 @@ class _Slots(DynamicCache):
         else:
             keys, values = self._allocate(layer_idx, key_states)
         rows = key_states.shape[0]
-        batch = torch.arange(rows, device=key_states.device)[:, None]
         # [rows, heads, tokens, dim] into columns `write` [rows, tokens]
         # under autocast a forward's states may come in another dtype than the slots were made in
-        keys.transpose(1, 2)[batch, self.write] = key_states.transpose(1, 2).to(keys.dtype)
-        values.transpose(1, 2)[batch, self.write] = value_states.transpose(1, 2).to(values.dtype)
+        index = self.write[:, None, :, None].expand(key_states.shape)
+        keys[:rows].scatter_(2, index, key_states.to(keys.dtype))
+        values[:rows].scatter_(2, index, value_states.to(values.dtype))
         return keys[:rows, :, :self.used], values[:rows, :, :self.used]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -520,14 +523,16 @@ class _Slots(DynamicCache):
                 store[layer][targets, :, :columns] = store[layer][sources, :, :columns]
 
 
-def _plan_prefixes(sequences: list[list[int]], min_saving: int) -> tuple[list[tuple[int, int, int]], list[int]]:
+def _plan_prefixes(sequences: list[list[int]], min_saving: int,
+                   align: int = 1) -> tuple[list[tuple[int, int, int]], list[int]]:
     """Which shared token prefixes to compute once, and which one each sequence starts from.
 
-    Walks the prefix tree of the sequences: a node (a prefix shared by at least two) is kept when
-    computing its tokens beyond the kept node it extends once, instead of in each sequence, saves
-    at least `min_saving` tokens ((length beyond the parent) x (sequences - 1)). Returns the nodes
-    as (parent node or -1, length, a sequence that starts with it), parents first, and for each
-    sequence the deepest kept node it starts with (-1: none).
+    Walks the prefix tree of the sequences: a node (a prefix shared by at least two, cut to a
+    multiple of `align` tokens) is kept when computing its tokens beyond the kept node it extends
+    once, instead of in each sequence, saves at least `min_saving` tokens ((length beyond the
+    parent) x (sequences - 1)). Returns the nodes as (parent node or -1, length, a sequence that
+    starts with it), parents first, and for each sequence the deepest kept node it starts with
+    (-1: none).
     """
     nodes: list[tuple[int, int, int]] = []
     owners = [-1] * len(sequences)
@@ -539,9 +544,10 @@ def _plan_prefixes(sequences: list[list[int]], min_saving: int) -> tuple[list[tu
                 owners[i] = parent
             continue
         shared = len(os.path.commonprefix([sequences[i] for i in indices]))
-        if shared > parent_length and (shared - parent_length) * (len(indices) - 1) >= min_saving:
-            nodes.append((parent, shared, indices[0]))
-            parent, parent_length = len(nodes) - 1, shared
+        cut = shared // align * align
+        if cut > parent_length and (cut - parent_length) * (len(indices) - 1) >= min_saving:
+            nodes.append((parent, cut, indices[0]))
+            parent, parent_length = len(nodes) - 1, cut
         branches: dict[int, list[int]] = defaultdict(list)
         for i in indices:
             if len(sequences[i]) == shared:
