@@ -1,4 +1,5 @@
-"""Data-parallel unlearning under `accelerate launch`, two CPU processes (about 30 s each here).
+"""Data-parallel unlearning and evaluation under `accelerate launch`, two CPU processes (about 30 s
+each here).
 
 Note: `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple launcher
 ignores --num_processes on CPU unless given an mpirun hostfile). Two CPU processes come from
@@ -26,14 +27,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _launch_ulmr(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """`ulmr-bench ARGS` under `accelerate launch` with `processes` CPU processes (1: no launcher)."""
+    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(_free_port())] if processes > 1 else []
+    return subprocess.run([sys.executable, *launcher, "-m", "ulmr", *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
 def _launch(out: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "ulmr", "unlearn", "--method", "ga",
-               "--model", "tiny-random", "--benchmark", "tofu", "--data-dir", str(data_dir), "--output", str(out),
-               "--set", "max_steps=2", "--set", "batch_size=2", "--set", "grad_accum=1", *extra]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return _launch_ulmr("unlearn", "--method", "ga", "--model", "tiny-random", "--benchmark", "tofu",
+                        "--data-dir", str(data_dir), "--output", str(out), "--set", "max_steps=2",
+                        "--set", "batch_size=2", "--set", "grad_accum=1", *extra)
 
 
 def test_two_processes_train_on_disjoint_shards_and_save_one_checkpoint(tmp_path, data_dir, tiny_path):
@@ -72,3 +81,32 @@ def test_processes_that_do_not_form_a_group_never_train_alone(tmp_path, data_dir
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors and all("2 processes were launched but accelerate set up 1 per run" in e for e in errors)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+def test_evaluation_sharded_across_two_processes_equals_one_process(tmp_path, data_dir, tiny_path, backend):
+    """lm-eval's evaluator gives each process every other doc and gathers them on the first: the
+    gathered result is the single process's (same greedy answers, metrics to fp32 rounding)."""
+    results = {}
+    for processes in (1, 2):
+        out = tmp_path / f"{processes}.json"
+        proc = _launch_ulmr("eval", "--model", "tiny-random", "--benchmark", "tofu", "--data-dir", str(data_dir),
+                            "--limit", "5", "--device", "cpu", "--dtype", "fp32", "--backend", backend,
+                            "--max-gen-toks", "8", "--output", str(out), processes=processes)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("results:") == 1  # written and printed by the first process only
+        results[processes] = json.loads(out.read_text())
+    one, two = results[1], results[2]
+    assert (one["eval"]["processes"], two["eval"]["processes"]) == (1, 2)
+    assert two["eval"]["n_docs"] == one["eval"]["n_docs"] and set(one["eval"]["n_docs"].values()) == {5}
+    assert two["per_question"].keys() == one["per_question"].keys()
+    for key, values in one["per_question"].items():
+        assert two["per_question"][key] == pytest.approx(values, rel=1e-5, abs=1e-6), key
+    for key, value in one["metrics"].items():
+        assert two["metrics"][key] == (None if value is None else pytest.approx(value, rel=1e-5, abs=1e-6)), key
+    samples = [[json.loads(line) for line in (tmp_path / f"{n}.samples.jsonl").read_text().splitlines()]
+               for n in (1, 2)]
+    assert [(r["doc_id"], r["filtered_resps"]) for r in samples[0] if "rouge" in r["task"]] == \
+           [(r["doc_id"], r["filtered_resps"]) for r in samples[1] if "rouge" in r["task"]]
+    if backend == "fast":  # the first process did about half the single process's work
+        assert two["timings"]["work"]["forward_tokens"] < 0.75 * one["timings"]["work"]["forward_tokens"]

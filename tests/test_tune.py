@@ -109,4 +109,20 @@ def test_tune_cli_rejects_a_grid_key_no_method_config_has(tmp_path, data_dir, mo
         main(["tune", "--profile", "smoke", "--benchmarks", "tofu", "--methods", "ga", "--data-dir", str(data_dir),
               "--results-dir", str(tmp_path / "r"), "--set", "tofu.tune_grid={nonsense: [1]}"])
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown ga config (tune_grid nonsense=1) key 'nonsense'") and "\n" not in err
+    assert err.startswith("error: tofu.tune_grid key 'nonsense' is in none of the configs of ga") and "\n" not in err
+
+
+def test_a_method_without_the_grid_keys_has_nothing_to_tune(tmp_path, data_dir, monkeypatch):
+    """ICU trains nothing and has no lr: tune records it as untuned instead of failing on the key."""
+    from ulmr.tune import method_points, summary_markdown
+
+    assert method_points("icu", {"lr": [1e-5, 1e-4]}) == []
+    assert method_points("ga", {"lr": [1e-5], "beta": [0.1, 0.2]}) == [{"lr": 1e-5}]
+    assert method_points("npo", {"lr": [1e-5], "beta": [0.1, 0.2]}) == [{"lr": 1e-5, "beta": 0.1},
+                                                                       {"lr": 1e-5, "beta": 0.2}]
+    monkeypatch.setenv("ULMR_CACHE", str(tmp_path / "cache"))
+    profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["icu", "ga"],
+                                     "tofu.tune_grid": {"lr": [1e-3]}})
+    summary = tune(profile, tmp_path / "results", data_dir=str(data_dir), echo=lambda line: None)["tofu"]
+    assert [r["method"] for r in summary["rows"]] == ["ga"] and summary["nothing_to_tune"] == ["icu"]
+    assert "icu" not in summary["chosen"] and "Nothing to tune" in summary_markdown(summary)

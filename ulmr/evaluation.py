@@ -16,6 +16,7 @@ from typing import Any
 
 from ulmr.benchmarks.registry import get_benchmark
 from ulmr.errors import UlmrError, first_line
+from ulmr.hardware import broadcast_object, join_launched_processes
 from ulmr.prompts import PromptTemplate
 from ulmr.results import RESULT_SCHEMA, provenance
 
@@ -131,11 +132,15 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
     task_manager = TaskManager(include_path=str(TASKS_PATH), include_defaults=False,
                                metadata={**(model_args or {}), **metadata})
     gen_kwargs = {"max_gen_toks": settings.max_gen_toks} if settings.max_gen_toks else None
+    if isinstance(lm, str) and settings.backend == "hf":
+        # joined before lm-eval's hf model creates its Accelerator, which then shares the group
+        join_launched_processes(model_args["device"])
     try:
         if isinstance(lm, str):  # built here, not inside lm-eval, so that benchmarks can score with it after
             from lm_eval.api.registry import get_model
 
             lm = get_model(lm).create_from_arg_obj(model_args, {"batch_size": settings.batch_size})
+            _shard_hf_across_cpu_processes(lm)
         out = {"results": {}, "samples": {}}
         for limit, some_tasks in _tasks_by_limit(tasks, settings):  # lm-eval takes one limit a call
             part = lm_eval.simple_evaluate(model=lm, model_args=model_args, tasks=some_tasks,
@@ -143,8 +148,9 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
                                            limit=limit, log_samples=True, gen_kwargs=gen_kwargs,
                                            random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                                            fewshot_random_seed=0)
-            out["results"].update(part["results"])
-            out["samples"].update(part.get("samples", {}))
+            if part is not None:  # None on all but the first process of a data-parallel launch
+                out["results"].update(part["results"])
+                out["samples"].update(part.get("samples", {}))
     except UlmrError:
         raise
     except Exception as exc:  # noqa: BLE001  (a failure deep in lm-eval becomes one line)
@@ -153,7 +159,11 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
             raise cause
         raise UlmrError(f"evaluation of {model_label or model} on {settings.benchmark} failed: "
                         f"{type(cause).__name__}: {first_line(cause, limit=None)}") from exc
-    samples = out["samples"]
+    rank, world_size = getattr(lm, "rank", 0), getattr(lm, "world_size", 1)
+    if rank != 0:  # the first process gathered every shard; it builds the result and sends it
+        return broadcast_object(None, rank, world_size)
+    # gathered shards come process by process; in doc order the records are the single process's
+    samples = {task: sorted(records, key=lambda r: r["doc_id"]) for task, records in out["samples"].items()}
     metrics, per_question = bench.summarize(out["results"], samples)
     metrics.update(bench.model_metrics(lm, samples))
     result = {
@@ -165,11 +175,11 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
         "per_question": per_question,
         "eval": {"tasks": tasks, "limit": settings.limit, "limits": settings.limits, "template": settings.template.as_options(),
                  "batch_size": settings.batch_size, "backend": settings.backend, "dtype": settings.dtype,
-                 "max_gen_toks": settings.max_gen_toks, "n_docs": {t: len(s) for t, s in samples.items()},
+                 "max_gen_toks": settings.max_gen_toks, "processes": world_size, "n_docs": {t: len(s) for t, s in samples.items()},
                  **bench.scored_selection(samples)},
         "lm_eval_results": out["results"],
-        # work done (fast backend: tokens through the model, scored, generated) and the process's
-        # peak memory so far (an upper bound for this evaluation), for stage reports
+        # work done by this (the first) process (fast backend: tokens through the model, scored,
+        # generated) and its peak memory so far (an upper bound for this evaluation), for stage reports
         "timings": {"eval_seconds": round(time.time() - started, 2), "work": dict(getattr(lm, "counters", {})),
                     "peak_rss_bytes": peak_rss_bytes()},
         "provenance": provenance(),
@@ -177,7 +187,16 @@ def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path 
     if samples_path is not None:
         write_samples(samples_path, samples)
         result["samples_file"] = Path(samples_path).name
-    return result
+    return broadcast_object(result, rank, world_size)
+
+
+def _shard_hf_across_cpu_processes(lm) -> None:
+    """lm-eval's hf model shards docs across processes only when they have GPUs; on CPU processes of
+    a launch (its Accelerator joined the group) it would evaluate everything in each. Give it the
+    group's rank and size, which its evaluator and gather methods then use."""
+    accelerator = getattr(lm, "accelerator", None)
+    if accelerator is not None and lm.world_size == 1 and accelerator.num_processes > 1:
+        lm._rank, lm._world_size = accelerator.process_index, accelerator.num_processes
 
 
 def _tasks_by_limit(tasks: list[str], settings: EvalSettings) -> list[tuple[int | None, list[str]]]:

@@ -52,10 +52,13 @@ class FastLM(TemplateLM):
                  score_tokens: int = 8192, prefix_min_saving: int = 16, prefix_bytes: int = 1 << 30,
                  prefix_align: int = 32, **_ignored):
         super().__init__()
-        from ulmr.hardware import default_device, resolve_dtype
+        from ulmr.hardware import default_device, join_launched_processes, resolve_dtype
         from ulmr.models import load_model, load_tokenizer
 
-        self.device_name = device or default_device()
+        # under `accelerate launch` lm-eval gives each process a shard of every task's docs and
+        # gathers the results on the first (see all_gather, gather_object, barrier below)
+        self._rank, self._world_size, self.device_name = join_launched_processes(device or default_device())
+        self._device = torch.device(self.device_name)
         if isinstance(pretrained, str):
             self.model, self.tokenizer = load_model(pretrained, dtype=dtype, device=self.device_name)
         else:  # an in-memory model (e.g. just unlearned)
@@ -125,6 +128,26 @@ class FastLM(TemplateLM):
 
     def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
+
+    # ---- the process group of a data-parallel launch, as lm-eval's evaluator uses it ---------
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, tensor)
+        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+    def gather_object(self, obj, dst: int = 0):
+        if self.world_size == 1:
+            return [obj]
+        gathered = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj, gathered, dst=dst)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
 
     # ---- forwards over rows that start from cached prefixes ----------------------------------
 

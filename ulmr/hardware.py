@@ -50,6 +50,50 @@ def resolve_dtype(name: str, device: str | None = None) -> torch.dtype:
 DTYPE_TAGS = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}
 
 
+# ---- processes of a data-parallel launch (`accelerate launch`, torchrun) -----------------------
+
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun/accelerate launch: WORLD_SIZE; mpirun: its
+    own variables), read as accelerate reads them; 1 without a launcher."""
+    from accelerate.utils import get_int_from_env
+
+    return max(1, get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1))
+
+
+def join_launched_processes(device: str) -> tuple[int, int, str]:
+    """This process's (rank, number of processes, device) in a data-parallel launch, the process group
+    joined (on CPU processes too: gloo); (0, 1, device) without a launcher. On GPUs each process takes
+    its own (cuda:<local rank>)."""
+    launched = launched_processes()
+    if launched == 1:
+        return 0, 1, device
+    from accelerate import PartialState
+
+    from ulmr.errors import UlmrError
+
+    # without cpu=True accelerate makes N processes on a machine without GPUs N single-process runs
+    state = PartialState(cpu=device.startswith("cpu"))
+    if state.num_processes != launched:
+        raise UlmrError(f"{launched} processes were launched but accelerate set up {state.num_processes} per run, so "
+                        "each would work alone on all the data: on a machine without GPUs pass --device cpu")
+    return state.process_index, state.num_processes, str(state.device)
+
+
+def is_main_process() -> bool:
+    """False on every process of a data-parallel launch but the first (which writes the outputs)."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+        or torch.distributed.get_rank() == 0
+
+
+def broadcast_object(obj, rank: int, world_size: int):
+    """The first process's `obj`, on every process of the launch."""
+    if world_size == 1:
+        return obj
+    box = [obj if rank == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
     import resource

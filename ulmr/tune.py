@@ -68,6 +68,24 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
+def method_grid(method: str, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """The part of the grid the method's config has (ICU, which trains nothing, has no lr): a
+    method with none of the keys has nothing to tune and runs its configured setting."""
+    import dataclasses
+
+    from ulmr.unlearning.registry import get_method
+
+    fields = {f.name for f in dataclasses.fields(get_method(method).config_class)}
+    return {key: values for key, values in grid.items() if key in fields}
+
+
+def method_points(method: str, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The grid points of one method: none when its config has none of the grid's keys."""
+    grid_points(grid)  # an empty or malformed grid is an error whichever the method
+    own = method_grid(method, grid)
+    return grid_points(own) if own else []
+
+
 def point_label(point: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items())
 
@@ -82,8 +100,14 @@ def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None,
     check_plan(profile)
     for benchmark in profile.benchmarks:  # an unknown grid key fails before any work
         plan = profile.plan(benchmark)
-        for method, point in itertools.product(profile.methods, grid_points(plan.tune_grid)):
-            profile.method_config(method, benchmark, profile.seeds[0], point, _where(point))
+        known = set().union(*(method_grid(method, plan.tune_grid) for method in profile.methods))
+        unknown = [key for key in plan.tune_grid if key not in known]
+        if unknown:
+            raise UlmrError(f"{benchmark}.tune_grid key {unknown[0]!r} is in none of the configs of "
+                            f"{', '.join(profile.methods)}: `ulmr-bench methods --verbose` lists their keys")
+        for method in profile.methods:
+            for point in method_points(method, plan.tune_grid):
+                profile.method_config(method, benchmark, profile.seeds[0], point, _where(point))
     template = PromptTemplate.from_options(profile.template)
     return {benchmark: _BenchmarkTuning(profile, benchmark, template, Path(results_dir), data_dir, echo)
             .run(stored_only) for benchmark in profile.benchmarks}
@@ -117,7 +141,8 @@ class _BenchmarkTuning:
         reference = preparation.reference_model
         reference_scores = None if reference is None else self._stored_or(
             "reference", {"model": reference, "split": fingerprint}, lambda: self._scores(reference, validation))
-        points = [(method, point) for method in self.profile.methods for point in grid_points(self.plan.tune_grid)]
+        points = [(method, point) for method in self.profile.methods
+                  for point in method_points(method, self.plan.tune_grid)]
         rows = [self._point(method, point, before, data, validation, fingerprint, before_scores, reference_scores,
                             stored_only)
                 for method, point in points]
@@ -181,6 +206,7 @@ class _BenchmarkTuning:
 
     def _summary(self, rows, before_scores, reference_scores, validation: ValidationData) -> dict[str, Any]:
         chosen = {}
+        untuned = [m for m in self.profile.methods if not method_points(m, self.plan.tune_grid)]
         for method in dict.fromkeys(r["method"] for r in rows):
             candidates = [r for r in rows if r["method"] == method]
             pick = candidates[best(candidates)]  # the first of equal scores
@@ -191,7 +217,7 @@ class _BenchmarkTuning:
                 "validation_source": validation.metadata,
                 "before": {**summary(before_scores), **judge(before_scores, before_scores)},
                 "reference": None if reference_scores is None else summary(reference_scores),
-                "rows": rows, "chosen": chosen, "code_version": __version__}
+                "rows": rows, "chosen": chosen, "nothing_to_tune": untuned, "code_version": __version__}
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -220,6 +246,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         cells = [f"{row[k]:.4f}" if row["status"] == "ok" else "failed" for k in keys]
         lines.append(f"| {row['method']} | {mark}{point_label(row['point'])}{mark} | " + " | ".join(cells)
                      + f" | {row['seconds']:.0f} |")
+    untuned = summary.get("nothing_to_tune")
+    if untuned:
+        lines += ["", f"Nothing to tune (their configs have none of the grid's keys, so they run as configured): "
+                      f"{', '.join(untuned)}."]
     return "\n".join(lines) + "\n"
 
 

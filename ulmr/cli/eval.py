@@ -26,6 +26,7 @@ from ulmr.errors import UlmrError
 def eval_command(model, benchmark, output, reference, **kwargs):
     """Score MODEL on a benchmark with the lm-eval tasks and print its table."""
     from ulmr.evaluation import EvalSettings, add_reference_metrics, evaluate
+    from ulmr.hardware import is_main_process
     from ulmr.report import format_result_table
     from ulmr.results import write_json_atomic
 
@@ -38,6 +39,8 @@ def eval_command(model, benchmark, output, reference, **kwargs):
     settings = EvalSettings(benchmark=benchmark, selection=selection, template=template_from(kwargs), **kwargs)
     samples_path = Path(output).with_suffix(".samples.jsonl") if output else None
     result = evaluate(model, settings, samples_path=samples_path)
+    if not is_main_process():  # under `accelerate launch` the first process writes and prints
+        return
     if reference_result is not None:
         add_reference_metrics(result, reference_result)
     if output:

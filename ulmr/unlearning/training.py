@@ -201,7 +201,7 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from ulmr.hardware import peak_rss_bytes, resolve_dtype
+    from ulmr.hardware import launched_processes, peak_rss_bytes, resolve_dtype
 
     config.validate()
     launched = launched_processes()
@@ -347,14 +347,6 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
         forget_items_per_process=[len(shard) for shard in shards],
         forget_items_shared=sum(1 for count in owners.values() if count > 1))
     return model.eval(), record
-
-
-def launched_processes() -> int:
-    """How many processes the launcher started (torchrun/accelerate launch: WORLD_SIZE; mpirun: its
-    own variables), read as accelerate reads them; 1 without a launcher."""
-    from accelerate.utils import get_int_from_env
-
-    return max(1, get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1))
 
 
 def planned_steps(config: TrainingConfig, n_items: int, num_processes: int = 1) -> int:
