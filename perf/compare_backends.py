@@ -56,18 +56,17 @@ def machine() -> dict:
 
 
 def settings_for(benchmark: str, profile, args, backend: str):
-    from ulmr.evaluation import EvalSettings
+    from dataclasses import replace
+
+    from ulmr.evaluation import settings_from_plan
     from ulmr.prompts import PromptTemplate
 
-    plan = getattr(profile, benchmark)
-    selection = plan.split if benchmark == "tofu" else plan.targets
-    overrides = dict(plan.eval)
+    settings = settings_from_plan(benchmark, profile.plan(benchmark), data_dir=args.data_dir,
+                                  template=PromptTemplate.from_options(profile.template), backend=backend,
+                                  dtype=args.dtype, device="cpu" if args.cpu else None)
     if args.limit is not None:  # every task sliced alike
-        overrides.pop("limits", None)
-        overrides["limit"] = args.limit
-    return EvalSettings(benchmark=benchmark, selection=selection, data_dir=args.data_dir,
-                        template=PromptTemplate.from_options(profile.template), backend=backend,
-                        dtype=args.dtype, device="cpu" if args.cpu else None, **overrides)
+        settings = replace(settings, limit=args.limit, limits={})
+    return settings
 
 
 def read_samples(path: Path) -> dict:
