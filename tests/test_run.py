@@ -60,6 +60,13 @@ def test_smoke_run_records_failures_resumes_and_survives_interrupts(tmp_path, da
     assert set(ga["metrics"]) >= {"forget_rougeL_recall", "model_utility"}
     assert (folder / "ga-seed0.samples.jsonl").is_file()
     stamp = (folder / "ga-seed0.json").stat().st_mtime_ns
+    # the closing table: each computed row's stages, and the run's seconds per stage
+    stages = {r["method"]: r["stages"] for r in summary.rows}
+    assert stages["ga"] == {"unlearn": pytest.approx(ga["timings"]["unlearn_seconds"], abs=0.051),
+                            "eval": pytest.approx(ga["timings"]["eval_seconds"], abs=0.051)}
+    assert set(stages["before"]) == {"eval"} and stages["test-raises"] == {}
+    assert summary.preparation_seconds > 0  # the target and retain models were trained
+    assert summary.format().splitlines()[-1].startswith("stages: prepare ")
 
     # Ctrl-C in a later method: what is stored stays whole, nothing half-written appears
     with pytest.raises(KeyboardInterrupt):
@@ -69,7 +76,7 @@ def test_smoke_run_records_failures_resumes_and_survives_interrupts(tmp_path, da
 
     # a rerun skips everything stored and redoes nothing
     summary = run(_smoke(["ga"]), results, data_dir=str(data_dir), echo=lines.append)
-    assert {r["status"] for r in summary.rows} == {"stored"}
+    assert {r["status"] for r in summary.rows} == {"stored"} and not any(r["stages"] for r in summary.rows)
     assert (folder / "ga-seed0.json").stat().st_mtime_ns == stamp
 
     # another seed later: the same prepared model and reference rows, one new method row

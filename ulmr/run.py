@@ -34,14 +34,19 @@ Echo = Callable[[str], None]
 
 @dataclass
 class RunSummary:
-    """What a run did, for the closing table: (benchmark, method, seed) -> status and seconds."""
+    """What a run did, for the closing table: (benchmark, method, seed) -> status, seconds, and the
+    seconds of its stages done in this run (unlearn, eval; a stored row did none), and the seconds the
+    benchmarks' preparations took besides their reference rows (training or loading prepared models,
+    gates)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    preparation_seconds: float = 0.0
 
     def add(self, benchmark: str, selection: str, method: str, seed: int, status: str, seconds: float,
-            error: str | None = None):
+            error: str | None = None, stages: dict[str, float] | None = None):
         self.rows.append({"benchmark": benchmark, "selection": selection, "method": method, "seed": seed,
-                          "status": status, "seconds": round(seconds, 1), "error": error})
+                          "status": status, "seconds": round(seconds, 1), "error": error,
+                          "stages": {k: round(v, 1) for k, v in (stages or {}).items()}})
 
     def failure(self) -> str | None:
         """One line on the rows that failed (None if none did), for a run's non-zero exit."""
@@ -54,10 +59,21 @@ class RunSummary:
                 "and rerun, stored results are skipped")
 
     def format(self) -> str:
-        lines = [f"{'benchmark':<16}{'method':<16}{'seed':>5}  {'status':<8}{'seconds':>9}"]
+        def cell(row, stage):
+            return f"{row['stages'][stage]:>9.1f}" if stage in row["stages"] else f"{'':>9}"
+
+        lines = [f"{'benchmark':<16}{'method':<16}{'seed':>5}  {'status':<8}{'seconds':>9}"
+                 + "".join(f"{stage:>9}" for stage in STAGES)]
         lines += [f"{r['benchmark'] + ' ' + r['selection']:<16}{r['method']:<16}{r['seed']:>5}  "
-                  f"{r['status']:<8}{r['seconds']:>9.1f}" for r in self.rows]
+                  f"{r['status']:<8}{r['seconds']:>9.1f}" + "".join(cell(r, stage) for stage in STAGES)
+                  for r in self.rows]
+        totals = {"prepare": self.preparation_seconds,
+                  **{stage: sum(r["stages"].get(stage, 0.0) for r in self.rows) for stage in STAGES}}
+        lines.append("stages: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in totals.items()))
         return "\n".join(lines)
+
+
+STAGES = ("unlearn", "eval")  # RunSummary's per-row stage columns
 
 
 def run(profile: Profile, results_dir: str | Path, data_dir: str | None = None, backend: str = "fast",
@@ -121,9 +137,13 @@ class BenchmarkRun:
 
     def prepare(self) -> Preparation:
         """The benchmark's preparation (cached models, reference rows, gate), timed."""
-        start = time.time()
+        start, rows = time.time(), len(self.summary.rows)
         preparation = self.bench.prepare(self)
-        self.say(f"prepared in {time.time() - start:.0f} s")
+        seconds = time.time() - start
+        self.say(f"prepared in {seconds:.0f} s")
+        # the preparation's own work: its time less the reference rows evaluated within it
+        within = sum(r["seconds"] for r in self.summary.rows[rows:])
+        self.summary.preparation_seconds += seconds - within
         return preparation
 
     def reference_row(self, role: str, model_path: str, preparation: dict[str, Any],
@@ -150,7 +170,7 @@ class BenchmarkRun:
         if was_stored:
             self.say(f"{role}: stored result found, skipping")
         self.summary.add(self.benchmark, self.selection, role, self.prep_seed, "stored" if was_stored else "ok",
-                         time.time() - start)
+                         time.time() - start, stages=None if was_stored else {"eval": time.time() - start})
         return result
 
     @functools.cached_property
@@ -206,11 +226,13 @@ class BenchmarkRun:
             if done is None:
                 self.say(f"{method} seed {seed}: another run is producing it, coming back to it later")
                 return False
-            was_stored = done[1]
+            result, was_stored = done
             if was_stored:
                 self.say(f"{method} seed {seed}: stored result found, skipping")
+            timings = result["timings"]
             self.summary.add(self.benchmark, self.selection, method, seed, "stored" if was_stored else "ok",
-                             time.time() - start)
+                             time.time() - start, stages=None if was_stored else
+                             {"unlearn": timings["unlearn_seconds"], "eval": timings["eval_seconds"]})
             return True
         except (KeyboardInterrupt, SystemExit):
             raise
