@@ -5,4 +5,4 @@ Importing this package registers them; pyproject.toml declares it as the `baseli
 the `ulmr_bench.methods` group, the same way a third-party package adds its methods.
 """
 
-from baselines import dpo, ga, graddiff, icu, npo, rmu, rt, simnpo, undial  # noqa: F401
+from baselines import averaged, dpo, ga, graddiff, icu, npo, rmu, rt, simnpo, undial  # noqa: F401

@@ -13,7 +13,7 @@ from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
 from ulmr.unlearning.batches import IGNORE_INDEX, encode_example
 from ulmr.unlearning.config import build_config
-from ulmr.unlearning.interface import Example, UnlearningData
+from ulmr.unlearning.interface import Example, UnlearningData, ValidationData
 from ulmr.unlearning.losses import answer_nll, retain_term
 from ulmr.unlearning.registry import get_method
 from ulmr.unlearning.training import TrainingConfig, full_state_dict, train
@@ -98,8 +98,41 @@ def test_average_alpha_post_step_is_exact_at_zero_one_and_the_midpoint(method, t
         assert torch.equal(tensor, 0.5 * trained[name] + 0.5 * original[name]), name
 
 
+@pytest.mark.parametrize("method", ["ga-avg", "npo-avg"])
+def test_average_alpha_auto_scores_every_grid_alpha_on_validation_data_and_loads_the_chosen(method, tiny_path):
+    """The averaged variants are their parent at average_alpha=auto: ULMR's grid and criterion on the
+    benchmark's validation data, the curve recorded, the chosen average loaded exactly."""
+    from dataclasses import replace
+
+    from ulmr.models import load_model
+    from ulmr.selection import ALPHA_GRID
+    from ulmr.unlearning.averaging import interpolate
+
+    cls = get_method(method)
+    assert cls.__mro__[1] is get_method(method.removesuffix("-avg")) and cls().config.average_alpha == "auto"
+    config = build_config(cls.config_class, {"lr": 1e-2, "max_steps": 2, "batch_size": 3, "grad_accum": 1,
+                                             "warmup_ratio": 0.0, "seed": 3})
+    model, tokenizer = load_model(tiny_path, dtype="fp32", device="cpu")
+    with pytest.raises(UlmrError, match=r"^average_alpha=auto chooses alpha on the benchmark's validation data "
+                                        r"and toy books has none .*: set average_alpha to a number$"):
+        cls(config).unlearn(model, tokenizer, toy_data())  # no validation data: fails before training
+    original = full_state_dict(model)
+    data = replace(toy_data(), validation=ValidationData([Example("Ann Lee.", "Who wrote book 9?")],
+                                                         [Example("Rain.", "What is the weather?")]))
+    result = cls(config).unlearn(model, tokenizer, data)
+    averaging = result.record["averaging"]
+    assert [row["alpha"] for row in averaging["curve"]] == list(ALPHA_GRID) and averaging["alpha"] in ALPHA_GRID
+    assert all({"score", "forget_rouge", "retain_kept"} <= set(row) for row in averaging["curve"])
+    assert averaging["validation"]["forget"] == 1 and "validation_answers" in result.artifacts
+    # the same seeded run at alpha 1 gives the trained weights; the result holds their chosen average
+    plain = build_config(cls.config_class, {**config.__dict__, "average_alpha": 1.0})
+    trained = full_state_dict(cls(plain).unlearn(load_model(tiny_path, dtype="fp32", device="cpu")[0], tokenizer,
+                                                 data).model)
+    expected = interpolate(trained, original, averaging["alpha"])
+    assert all(torch.equal(full_state_dict(result.model)[k], expected[k]) for k in expected)
+
+
 @pytest.mark.parametrize("method, value, message", [
-    ("ga", "auto", r"^config: average_alpha=auto is not available for this method yet"),
     ("npo", 1.5, r"^config: average_alpha=1.5 is out of range"),
     ("ulmr", 0.5, r"^config: ULMR averages through alpha: set alpha=0.5 instead of average_alpha"),
 ])

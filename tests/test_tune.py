@@ -9,8 +9,8 @@ from ulmr.cli import main
 from ulmr.errors import UlmrError
 from ulmr.profiles import load_profile
 from ulmr.prompts import PromptTemplate
-from ulmr.selection import evenly_spread
-from ulmr.tune import grid_points, summary_markdown, tune, tuning_validation
+from ulmr.selection import evenly_spread, validation_for
+from ulmr.tune import grid_points, summary_markdown, tune
 from ulmr.unlearning.interface import Example, UnlearningData, ValidationData
 
 
@@ -24,13 +24,14 @@ def _task(n_forget=40, n_retain=100, validation=True):
                           validation=held)
 
 
-def test_tuning_validates_on_the_benchmarks_validation_data_capped_and_refuses_none():
-    validation = tuning_validation(_task(), items=4)
+def test_selection_validates_on_the_benchmarks_validation_data_capped_and_refuses_none():
+    validation = validation_for(_task(), 4, "tuning", "fix")
     assert [ex.question for ex in validation.forget] == ["vfq1", "vfq3", "vfq6", "vfq8"]
     assert [ex.question for ex in validation.retain] == [f"vrq{i}" for i in evenly_spread(40, 4)]
-    assert len(tuning_validation(_task(), items=40).forget) == 10
-    with pytest.raises(UlmrError, match="has no validation data"):
-        tuning_validation(_task(validation=False), items=4)
+    assert len(validation_for(_task(), 40, "tuning", "fix").forget) == 10
+    with pytest.raises(UlmrError, match=r"^tuning on the benchmark's validation data and tofu forget01 has none "
+                                        r"\(forget and retain items\): fix$"):
+        validation_for(_task(validation=False), 4, "tuning", "fix")
 
 
 def _row(method, lr, **values):
@@ -112,17 +113,22 @@ def test_tune_cli_rejects_a_grid_key_no_method_config_has(tmp_path, data_dir, mo
     assert err.startswith("error: tofu.tune_grid key 'nonsense' is in none of the configs of ga") and "\n" not in err
 
 
-def test_a_method_without_the_grid_keys_has_nothing_to_tune(tmp_path, data_dir, monkeypatch):
-    """ICU trains nothing and has no lr: tune records it as untuned instead of failing on the key."""
+def test_methods_without_the_grid_keys_or_with_a_tuned_parent_are_not_tuned(tmp_path, data_dir, monkeypatch):
+    """ICU trains nothing and has no lr: tune records it as untuned instead of failing on the key; a
+    variant (ga-avg) runs at its parent's choice."""
     from ulmr.tune import method_points, summary_markdown
 
     assert method_points("icu", {"lr": [1e-5, 1e-4]}) == []
     assert method_points("ga", {"lr": [1e-5], "beta": [0.1, 0.2]}) == [{"lr": 1e-5}]
     assert method_points("npo", {"lr": [1e-5], "beta": [0.1, 0.2]}) == [{"lr": 1e-5, "beta": 0.1},
                                                                        {"lr": 1e-5, "beta": 0.2}]
+    # a variant runs at its parent's choice when the parent is tuned with it
+    assert method_points("ulmr-noavg", {"lr": [1e-5]}, ["ulmr", "ulmr-noavg"]) == []
+    assert method_points("ulmr-noavg", {"lr": [1e-5]}, ["ga", "ulmr-noavg"]) == [{"lr": 1e-5}]
     monkeypatch.setenv("ULMR_CACHE", str(tmp_path / "cache"))
-    profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["icu", "ga"],
+    profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["icu", "ga", "ga-avg"],
                                      "tofu.tune_grid": {"lr": [1e-3]}})
     summary = tune(profile, tmp_path / "results", data_dir=str(data_dir), echo=lambda line: None)["tofu"]
     assert [r["method"] for r in summary["rows"]] == ["ga"] and summary["nothing_to_tune"] == ["icu"]
-    assert "icu" not in summary["chosen"] and "Nothing to tune" in summary_markdown(summary)
+    assert summary["variants"] == {"ga-avg": "ga"} and set(summary["chosen"]) == {"ga"}
+    assert "Nothing to tune" in summary_markdown(summary) and "ga-avg (ga)" in summary_markdown(summary)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ulmr.errors import UlmrError
-from ulmr.method.averaging import choose_alpha, interpolate, load_weights, soup
+from ulmr.selection import choose_alpha
+from ulmr.unlearning.averaging import interpolate, load_weights, soup
 from ulmr.unlearning.training import full_state_dict
 
 

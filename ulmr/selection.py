@@ -58,13 +58,19 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
+from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate, encode, render_prompt
-from ulmr.unlearning.interface import Example, ValidationData
+from ulmr.unlearning.interface import Example, UnlearningData, ValidationData
 
 GENERATION_TOKENS = 48  # new tokens of each greedy answer
 SELECTION_VERSION = 1  # part of stored tuning keys: bump when what `measure` returns changes
+# alpha=auto (ULMR's alpha, every loss-based method's average_alpha): the alphas scored, and the
+# validation items a side each is scored on (every alpha and the original answer all of them)
+ALPHA_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+ALPHA_VALIDATION_ITEMS = 64
 
 
 # ---- the refusal detector --------------------------------------------------------------------
@@ -280,6 +286,77 @@ def capped(validation: ValidationData, items: int) -> ValidationData:
         return [examples[i] for i in evenly_spread(len(examples), items)]
 
     return replace(validation, forget=spread(validation.forget), retain=spread(validation.retain))
+
+
+def validation_for(data: UnlearningData, items: int, what: str, fix: str) -> ValidationData:
+    """The benchmark's validation data, at most `items` a side, evenly spread; where it has none a
+    one-line error: "{what} on the benchmark's validation data and <benchmark> <name> has none ...: {fix}"."""
+    if data.validation is None or not (data.validation.forget and data.validation.retain):
+        raise UlmrError(f"{what} on the benchmark's validation data and {data.benchmark} {data.name} has none "
+                        f"(forget and retain items): {fix}")
+    return capped(data.validation, items)
+
+
+# ---- alpha=auto: the parameter average chosen by the criterion ---------------------------------
+
+@dataclass(frozen=True)
+class AlphaChoice:
+    alpha: float
+    reason: str
+    curve: list[dict]  # per grid alpha, ascending: the validation measurements and their judgement
+    answers: dict  # the chosen alpha's greedy validation answers ({"forget": [...], "retain": [...]})
+
+
+def choose_alpha(grid, measure_at: Callable[[float], dict], original: dict) -> AlphaChoice:
+    """Pick alpha from `grid` by the criterion on validation data.
+
+    measure_at(alpha) -> `measure` of the model averaged with that alpha; `original` is the same for
+    the original model (alpha 0), the "before" every alpha is judged against. There is no reference
+    model inside a method, so forget progress is the relative drop. Every grid alpha is scored (the
+    curve); the highest score wins, a tie goes to the smaller alpha.
+    """
+    curve, answers = [], []
+    for alpha in sorted(set(grid)):
+        scores = measure_at(alpha)
+        curve.append({"alpha": alpha, **summary(scores), **judge(scores, original)})
+        answers.append({"forget": scores["forget_answers"], "retain": scores["retain_answers"]})
+    chosen = best(curve)
+    row = curve[chosen]
+    ties = [r["alpha"] for r in curve if r["score"] == row["score"]]
+    if row["score"] <= 0:
+        reason = "no grid alpha scored above 0 on the validation data: the smallest alpha"
+    else:
+        reason = (f"highest validation score {row['score']:.4g} (forget progress {row['forget_progress']:.3f}, "
+                  f"retain kept {row['retain_kept']:.3f}, retain refusals {row['retain_refusal_rate']:.3f})")
+        if len(ties) > 1:
+            reason += f"; tied with {', '.join(f'{a:g}' for a in ties if a != row['alpha'])}: the smallest alpha"
+    return AlphaChoice(row["alpha"], reason, curve, answers[chosen])
+
+
+def auto_alpha(model, tokenizer, template: PromptTemplate, unlearned: dict, original: dict,
+               validation: ValidationData, grid=ALPHA_GRID, max_length: int = 512,
+               batch_size: int = 16) -> tuple[dict[str, Any], dict[str, Any]]:
+    """alpha=auto: load each average alpha * unlearned + (1 - alpha) * original into `model` (the
+    original, alpha 0, first), measure it on the validation data in the model's precision, and
+    choose by `choose_alpha`. Returns the record's averaging fields (the whole curve included) and,
+    for the artifacts, the greedy validation answers of the original and of the chosen alpha.
+    `model` is left holding the last alpha scored: load the chosen one after."""
+    from ulmr.unlearning.averaging import interpolate, load_weights
+
+    def measure_at(alpha):
+        load_weights(model, interpolate(unlearned, original, alpha))
+        return measure(model, tokenizer, template, validation, max_length, batch_size)
+
+    before = measure_at(0.0)
+    choice = choose_alpha(grid, measure_at, before)
+    record = {"alpha": choice.alpha, "reason": choice.reason, "curve": choice.curve, "original": summary(before),
+              "validation": {"forget": len(validation.forget), "retain": len(validation.retain),
+                             "generation_tokens": GENERATION_TOKENS, "source": validation.metadata}}
+    answers = {"questions": {"forget": [ex.question for ex in validation.forget],
+                             "retain": [ex.question for ex in validation.retain]},
+               "original": {"forget": before["forget_answers"], "retain": before["retain_answers"]},
+               "chosen": {"alpha": choice.alpha, **choice.answers}}
+    return record, answers
 
 
 def _mean(values: list[float], empty: float = 0.0) -> float:

@@ -39,22 +39,12 @@ from ulmr.errors import UlmrError
 from ulmr.profiles import Profile
 from ulmr.results import content_key, provenance, read_stored, stored_or_compute, write_json_atomic
 from ulmr.run import check_plan, file_slug
-from ulmr.selection import SELECTION_VERSION, best, capped, judge, summary
+from ulmr.selection import SELECTION_VERSION, best, judge, summary, validation_for
 from ulmr.unlearning.interface import Example, UnlearningData, ValidationData
 
 Echo = Callable[[str], None]
 VALIDATION_MAX_LENGTH = 512  # tokens per scored validation item
 FAILED = {"forget_progress": 0.0, "retain_kept": 0.0, "retain_refusal_rate": None, "score": -1.0}  # below any that ran
-
-
-def tuning_validation(data: UnlearningData, items: int) -> ValidationData:
-    """The benchmark's validation data, at most `items` a side, evenly spread; a one-line error
-    where the benchmark has none."""
-    validation = data.validation
-    if validation is None or not (validation.forget and validation.retain):
-        raise UlmrError(f"{data.benchmark} {data.name} has no validation data (forget and retain items) to tune "
-                        "on: its benchmark plug-in must provide validation_data")
-    return capped(validation, items)
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -79,11 +69,23 @@ def method_grid(method: str, grid: dict[str, list[Any]]) -> dict[str, list[Any]]
     return {key: values for key, values in grid.items() if key in fields}
 
 
-def method_points(method: str, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """The grid points of one method: none when its config has none of the grid's keys."""
+def tuned_parent(method: str, methods: list[str]) -> str | None:
+    """The nearest registered method among `methods` that `method` subclasses (ulmr-noavg: ulmr;
+    ga-avg: ga), or None. A variant is not tuned on its own: it runs at its parent's chosen setting
+    (a profile passes a parent's overrides to its variants), so that it differs from the parent only
+    in what makes it a variant."""
+    from ulmr.unlearning.registry import available_methods, get_method
+
+    registered = set(available_methods().values())
+    return next((c.name for c in get_method(method).__mro__[1:] if c in registered and c.name in methods), None)
+
+
+def method_points(method: str, grid: dict[str, list[Any]], methods: list[str] = ()) -> list[dict[str, Any]]:
+    """The grid points of one method of `methods`: none for a variant of another of them, or when
+    its config has none of the grid's keys."""
     grid_points(grid)  # an empty or malformed grid is an error whichever the method
     own = method_grid(method, grid)
-    return grid_points(own) if own else []
+    return grid_points(own) if own and tuned_parent(method, methods) is None else []
 
 
 def point_label(point: dict[str, Any]) -> str:
@@ -106,7 +108,7 @@ def tune(profile: Profile, results_dir: str | Path, data_dir: str | None = None,
             raise UlmrError(f"{benchmark}.tune_grid key {unknown[0]!r} is in none of the configs of "
                             f"{', '.join(profile.methods)}: `ulmr-bench methods --verbose` lists their keys")
         for method in profile.methods:
-            for point in method_points(method, plan.tune_grid):
+            for point in method_points(method, plan.tune_grid, profile.methods):
                 profile.method_config(method, benchmark, profile.seeds[0], point, _where(point))
     template = PromptTemplate.from_options(profile.template)
     return {benchmark: _BenchmarkTuning(profile, benchmark, template, Path(results_dir), data_dir, echo)
@@ -130,7 +132,8 @@ class _BenchmarkTuning:
         preparation = prepared_run.prepare()
         before = preparation.before
         data = prepared_run.bench.unlearning_data(prepared_run.selection, prepared_run.template, prepared_run.data_dir)
-        validation = tuning_validation(data, self.plan.tune_validation_items)
+        validation = validation_for(data, self.plan.tune_validation_items, "tuning scores every grid point",
+                                    "its benchmark plug-in must provide validation_data")
         prepared_run.say(f"tuning on {len(data.forget)} forget / {len(data.retain)} retain items; "
                          f"validating on {len(validation.forget)} forget / {len(validation.retain)} retain items")
         fingerprint = _fingerprint([validation.forget, validation.retain, data.forget, data.retain,
@@ -142,7 +145,7 @@ class _BenchmarkTuning:
         reference_scores = None if reference is None else self._stored_or(
             "reference", {"model": reference, "split": fingerprint}, lambda: self._scores(reference, validation))
         points = [(method, point) for method in self.profile.methods
-                  for point in method_points(method, self.plan.tune_grid)]
+                  for point in method_points(method, self.plan.tune_grid, self.profile.methods)]
         rows = [self._point(method, point, before, data, validation, fingerprint, before_scores, reference_scores,
                             stored_only)
                 for method, point in points]
@@ -206,7 +209,9 @@ class _BenchmarkTuning:
 
     def _summary(self, rows, before_scores, reference_scores, validation: ValidationData) -> dict[str, Any]:
         chosen = {}
-        untuned = [m for m in self.profile.methods if not method_points(m, self.plan.tune_grid)]
+        methods = self.profile.methods
+        variants = {m: parent for m in methods if (parent := tuned_parent(m, methods)) is not None}
+        untuned = [m for m in methods if m not in variants and not method_grid(m, self.plan.tune_grid)]
         for method in dict.fromkeys(r["method"] for r in rows):
             candidates = [r for r in rows if r["method"] == method]
             pick = candidates[best(candidates)]  # the first of equal scores
@@ -217,7 +222,8 @@ class _BenchmarkTuning:
                 "validation_source": validation.metadata,
                 "before": {**summary(before_scores), **judge(before_scores, before_scores)},
                 "reference": None if reference_scores is None else summary(reference_scores),
-                "rows": rows, "chosen": chosen, "nothing_to_tune": untuned, "code_version": __version__}
+                "rows": rows, "chosen": chosen, "nothing_to_tune": untuned, "variants": variants,
+                "code_version": __version__}
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -246,6 +252,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         cells = [f"{row[k]:.4f}" if row["status"] == "ok" else "failed" for k in keys]
         lines.append(f"| {row['method']} | {mark}{point_label(row['point'])}{mark} | " + " | ".join(cells)
                      + f" | {row['seconds']:.0f} |")
+    variants = summary.get("variants")
+    if variants:
+        lines += ["", "Variants run at their parent's chosen setting (a profile passes a parent's settings to its "
+                      "variants): " + ", ".join(f"{m} ({parent})" for m, parent in variants.items()) + "."]
     untuned = summary.get("nothing_to_tune")
     if untuned:
         lines += ["", f"Nothing to tune (their configs have none of the grid's keys, so they run as configured): "

@@ -5,9 +5,11 @@
                       LLM-written) or a made-up wrong answer (LLM-written)
     3. the shared training loop: SFT on (instruction -> refusal), loss on the refusal tokens,
        optionally + retain_weight * retain term; trajectory checkpoints kept for a soup
-    4. averaging.py   theta = alpha * theta_unlearned + (1 - alpha) * theta_original, alpha fixed
-       or chosen (alpha=auto) on the benchmark's validation data by the selection criterion that
-       `ulmr-bench tune` uses too (ulmr/selection.py); every grid alpha's scores are recorded
+    4. averaging      theta = alpha * theta_unlearned + (1 - alpha) * theta_original
+                      (ulmr/unlearning/averaging.py), alpha fixed or chosen (alpha=auto) on the
+                      benchmark's validation data by the selection criterion that `ulmr-bench
+                      tune` uses too (ulmr/selection.py, auto_alpha); every grid alpha's scores
+                      are recorded
 
 Registered as `ulmr`, with the ablation presets `ulmr-norewrite` (original questions only) and
 `ulmr-noavg` (alpha = 1). The generated pairs come back in `UnlearningResult.artifacts["pairs"]`.
@@ -21,15 +23,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ulmr.errors import UlmrError
-from ulmr.method.averaging import choose_alpha, interpolate, load_weights, soup
 from ulmr.method.generation import TextGenerator
 from ulmr.method.leak import DEFAULT_NGRAM
 from ulmr.method.negatives import LLM_SOURCES, Pair, negative_responses
 from ulmr.method.rewriting import TEMPLATES, check_template_names, original_instructions, rewrite_questions
-from ulmr.selection import capped, measure
+from ulmr.selection import ALPHA_GRID, ALPHA_VALIDATION_ITEMS, auto_alpha, validation_for
 from ulmr.unlearning.config import check_range, config_to_dict
-from ulmr.unlearning.interface import (AVOID_RESPONSES, Example, Unlearner, UnlearningData, UnlearningResult,
-                                       ValidationData)
+from ulmr.unlearning.averaging import interpolate, load_weights, soup
+from ulmr.unlearning.interface import AVOID_RESPONSES, Example, Unlearner, UnlearningData, UnlearningResult
 from ulmr.unlearning.losses import answer_nll, retain_term
 from ulmr.unlearning.registry import register_method
 from ulmr.unlearning.subjects import recurring_names
@@ -85,10 +86,10 @@ class UlmrConfig(TrainingConfig):
     alpha: float | Literal["auto"] = field(default="auto", metadata={"help": (
             "weight of the unlearned model in the parameter average: a number in [0, 1] (1 = no averaging), or "
             "\"auto\": chosen on the benchmark's validation data (UnlearningData.validation) by ulmr/selection.py's "
-            "criterion, see averaging.choose_alpha.")})
-    alpha_grid: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], metadata={"help": (
+            "criterion, see ulmr.selection.choose_alpha.")})
+    alpha_grid: list[float] = field(default_factory=lambda: list(ALPHA_GRID), metadata={"help": (
             "candidate alphas for alpha=auto.")})
-    validation_max: int = field(default=64, metadata={"help": (
+    validation_max: int = field(default=ALPHA_VALIDATION_ITEMS, metadata={"help": (
             "auto: at most this many validation items per side (forget, retain), evenly spread, since every grid "
             "alpha and the original are scored, and answer, on all of them.")})
     soup: int = field(default=1, metadata={"help": (
@@ -138,7 +139,9 @@ class UlmrUnlearner(Unlearner):
         config = self.config
         config.validate()
         auto = config.alpha == "auto"
-        validation = self._validation(data) if auto else None  # before any work: fails when there is none
+        # before any work: fails where the benchmark has no validation data
+        validation = validation_for(data, config.validation_max, "alpha=auto chooses alpha",
+                                    "set alpha to a number") if auto else None
         started = time.perf_counter()
         pairs, generation_record = self._make_pairs(model, tokenizer, data)
         generation_record["generation_time_s"] = time.perf_counter() - started
@@ -169,7 +172,8 @@ class UlmrUnlearner(Unlearner):
             unlearned = soup(checkpoints) if checkpoints else full_state_dict(model)
             del checkpoints[:]
             if auto:
-                chosen, answers = self._auto_alpha(model, tokenizer, data.template, unlearned, original, validation)
+                chosen, answers = auto_alpha(model, tokenizer, data.template, unlearned, original, validation,
+                                             config.alpha_grid, config.max_length, config.inference_batch_size)
                 averaging.update(chosen)
                 artifacts["validation_answers"] = answers
             elif original is not None:
@@ -212,39 +216,6 @@ class UlmrUnlearner(Unlearner):
                        "rewriting": rewrite_stats, "negatives": negative_stats,
                        "acceptance": acceptance(rewrite_stats, negative_stats, llm_rewriter=generate is not None
                                                 and config.rewrite)}
-
-    def _auto_alpha(self, model, tokenizer, template, unlearned, original,
-                    validation: ValidationData) -> tuple[dict, dict]:
-        """Step 4 with alpha=auto: measure the original (alpha 0) and every grid alpha on the
-        validation data, all in the trained model's precision, and pick by the selection criterion.
-        Returns the record's averaging fields (the whole curve included) and, for the artifacts,
-        the greedy validation answers of the original and of the chosen alpha."""
-        from ulmr.selection import GENERATION_TOKENS, summary
-
-        config = self.config
-
-        def measure_at(alpha):
-            load_weights(model, interpolate(unlearned, original, alpha))
-            return measure(model, tokenizer, template, validation, config.max_length, config.inference_batch_size)
-
-        before = measure_at(0.0)
-        choice = choose_alpha(config.alpha_grid, measure_at, before)
-        record = {"alpha": choice.alpha, "reason": choice.reason, "curve": choice.curve, "original": summary(before),
-                  "validation": {"forget": len(validation.forget), "retain": len(validation.retain),
-                                 "generation_tokens": GENERATION_TOKENS, "source": validation.metadata}}
-        answers = {"questions": {"forget": [ex.question for ex in validation.forget],
-                                 "retain": [ex.question for ex in validation.retain]},
-                   "original": {"forget": before["forget_answers"], "retain": before["retain_answers"]},
-                   "chosen": {"alpha": choice.alpha, **choice.answers}}
-        return record, answers
-
-    def _validation(self, data: UnlearningData) -> ValidationData:
-        """The benchmark's validation data, at most validation_max items a side; never anything an
-        evaluation scores or a method trains on (the plug-in builds it so)."""
-        if data.validation is None or not (data.validation.forget and data.validation.retain):
-            raise UlmrError(f"alpha=auto chooses alpha on the benchmark's validation data and {data.benchmark} "
-                            f"{data.name} has none (forget and retain items): set alpha to a number")
-        return capped(data.validation, self.config.validation_max)
 
     def _generator(self, model, tokenizer) -> TextGenerator | None:
         """The rewriter LLM, or None for the template-only rewriter (or when nothing needs an LLM)."""

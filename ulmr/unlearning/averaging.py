@@ -3,7 +3,7 @@
 Tensor by tensor in fp32 on CPU, after checking that both hold the same tensor names and shapes.
 Weights are read with `ulmr.unlearning.training.full_state_dict`, which adds LoRA deltas in, so full
 fine-tuning and LoRA average the same way. `soup` is the uniform average of several checkpoints of
-one training trajectory. ULMR's step 4 (ulmr.method.averaging) and the `average_alpha` post-step of
+one training trajectory. ULMR's step 4 (ulmr/method/method.py) and the `average_alpha` post-step of
 every loss-based method (ulmr.unlearning.training.LossUnlearner) both use these.
 """
 

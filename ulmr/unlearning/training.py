@@ -35,10 +35,6 @@ from ulmr.unlearning.interface import Example, Unlearner, UnlearningResult, Unle
 LossFn = Callable[[Any, Batch, Any], "torch.Tensor | dict[str, torch.Tensor]"]
 
 
-AVERAGE_AUTO_UNAVAILABLE = ("average_alpha=auto is not available for this method yet: give a number in [0, 1] "
-                            "(0 = the original model, 1 = the trained one) or leave it unset")
-
-
 class TrainingDiverged(UlmrError):
     """The loss, the gradient norm or the weights became NaN or infinite; the model is unusable."""
 
@@ -100,7 +96,8 @@ class TrainingConfig:
     average_alpha: float | Literal["auto"] | None = field(default=None, metadata={"help": (
             "a post-step of every loss-based method (LossUnlearner): after training, theta = alpha * theta_trained + "
             "(1 - alpha) * theta_original (ulmr.unlearning.averaging; 0 = the original model, 1 = the trained one); "
-            "None: off. \"auto\" is not available yet (the hook is LossUnlearner.choose_average_alpha). ULMR "
+            "None: off. \"auto\": chosen as ULMR's alpha=auto, over ulmr.selection.ALPHA_GRID on the benchmark's "
+            "validation data by the selection criterion, every alpha's scores recorded (averaging.curve). ULMR "
             "averages through its own `alpha` instead.")})
 
     def validate(self) -> None:
@@ -119,9 +116,7 @@ class TrainingConfig:
         check_range("lora_dropout", self.lora_dropout, 0, 1)
         check_range("retain_weight", self.retain_weight, 0)
         check_range("max_length", self.max_length, 2)
-        if self.average_alpha == "auto":
-            raise UlmrError(AVERAGE_AUTO_UNAVAILABLE)
-        if self.average_alpha is not None:
+        if self.average_alpha not in (None, "auto"):
             check_range("average_alpha", self.average_alpha, 0, 1)
 
 
@@ -410,40 +405,41 @@ class LossUnlearner(Unlearner):
         """The loss to minimise on one micro-batch, or a dict of named terms to sum."""
 
     def unlearn(self, model, tokenizer, data: UnlearningData) -> UnlearningResult:
+        from ulmr.selection import ALPHA_VALIDATION_ITEMS, validation_for
+
         config = self.config
         retain = self.retain_examples(data)
+        # before any work: average_alpha=auto fails where the benchmark has no validation data
+        validation = validation_for(data, ALPHA_VALIDATION_ITEMS, "average_alpha=auto chooses alpha",
+                                    "set average_alpha to a number") if config.average_alpha == "auto" else None
         reference = self.needs_reference or (retain is not None and config.retain_loss == "kl")
         original = full_state_dict(model) if config.average_alpha is not None else None
         model, record = train(model, tokenizer, data.template, config, self.compute_loss,
                               self.forget_parts(data), retain, reference=reference, desc=self.name,
                               trainable_parameters=self.trainable_parameters)
-        averaging = self._average(model, tokenizer, data, original)
+        averaging, artifacts = self._average(model, tokenizer, data, original, validation)
         return UnlearningResult(model, {"method": self.name, "selection": data.name,
                                         "config": config_to_dict(config), **record.as_dict(),
-                                        "averaging": averaging})
+                                        "averaging": averaging}, artifacts)
 
-    def _average(self, model, tokenizer, data: UnlearningData, original) -> dict[str, Any]:
+    def _average(self, model, tokenizer, data: UnlearningData, original,
+                 validation) -> tuple[dict[str, Any], dict[str, Any]]:
         """The average_alpha post-step: load alpha * trained + (1 - alpha) * original into `model`;
-        returns what the record keeps ("alpha": None when averaging is off)."""
+        returns what the record keeps ("alpha": None when averaging is off) and, for alpha=auto, the
+        artifacts (the greedy validation answers of the original and the chosen alpha)."""
         if original is None:
-            return {"alpha": None, "reason": "average_alpha unset: no averaging"}
+            return {"alpha": None, "reason": "average_alpha unset: no averaging"}, {}
+        from ulmr.selection import ALPHA_GRID, auto_alpha
+
         started = time.perf_counter()
         trained = full_state_dict(model)
-        if self.config.average_alpha == "auto":
-            alpha, info = self.choose_average_alpha(
-                model, tokenizer, data, lambda a: load_weights(model, interpolate(trained, original, a)))
-        else:
-            alpha, info = self.config.average_alpha, {"reason": "average_alpha from the config"}
-        load_weights(model, interpolate(trained, original, alpha))
-        return {"alpha": alpha, **info, "time_s": time.perf_counter() - started}
-
-    def choose_average_alpha(self, model, tokenizer, data: UnlearningData,
-                             set_alpha: Callable[[float], None]) -> tuple[float, dict[str, Any]]:
-        """The hook of average_alpha=auto: pick alpha for this run. `set_alpha(a)` loads the average
-        at `a` into `model`, which a scorer then scores (held-out data, never evaluation data: the
-        shared selection criterion); returns alpha and what to record beside it (a "reason" at
-        least). Not available yet: TrainingConfig.validate refuses "auto" until it is wired in."""
-        raise UlmrError(AVERAGE_AUTO_UNAVAILABLE)
+        averaging, artifacts = {"alpha": self.config.average_alpha, "reason": "average_alpha from the config"}, {}
+        if validation is not None:
+            averaging, answers = auto_alpha(model, tokenizer, data.template, trained, original, validation,
+                                            ALPHA_GRID, self.config.max_length)
+            artifacts["validation_answers"] = answers
+        load_weights(model, interpolate(trained, original, averaging["alpha"]))
+        return {**averaging, "time_s": time.perf_counter() - started}, artifacts
 
 
 def _check_parts(forget: dict[str, list[Example]]) -> None:
