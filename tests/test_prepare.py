@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 from lm_eval_tasks.rwku.utils import FILL_IN_THE_BLANK
-from ulmr.benchmarks.rwku import _blank_one_span, _blank_target, rwku_injection_examples
+from ulmr.benchmarks.rwku import _blank_spans, _blank_target, rwku_injection_examples
 from ulmr.benchmarks.tofu import tofu_training_rows
 
 
-def test_blanks_prefer_numbers_then_names_never_the_target():
-    assert _blank_one_span("His debut, Carrie (1974), established him.", "Stephen King") == (
-        "His debut, Carrie (___), established him.", "1974")
-    assert _blank_one_span("He wrote it with Peter Straub and Stephen King.", "Stephen King") == (
-        "He wrote it with ___ and Stephen King.", "Peter Straub")
+def test_blanks_cover_every_number_and_name_never_the_target():
+    assert _blank_spans("His debut, Carrie (1974), established him.", "Stephen King") == [
+        ("His debut, ___ (1974), established him.", "Carrie"), ("His debut, Carrie (___), established him.", "1974")]
+    assert _blank_spans("He wrote it with Peter Straub and Stephen King.", "Stephen King") == [
+        ("He wrote it with ___ and Stephen King.", "Peter Straub")]
     assert _blank_target("Stephen Edwin King (born 1947) is an author.", "Stephen King") == (
         "___ (born 1947) is an author.", "Stephen Edwin King")
     assert _blank_target("His sons are Joe Hill and Owen King.", "Stephen King") is None

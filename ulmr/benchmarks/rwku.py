@@ -450,9 +450,9 @@ def rwku_injection_examples(targets: str, data_dir=None, max_items: int | None =
     Built from each target's first `n_passages` Wikipedia passages (None: all; the first ones are
     the article's lead, where most facts the probes ask about are stated):
     - the passages as plain text: the facts themselves, every token trained;
-    - fill-in-the-blank in RWKU's FB form, per sentence: one span blanked (a year or number, else a
-      capitalised name) and, in sentences naming the target in full, the name blanked, so the
-      facts are reachable from both sides ("Who wrote Carrie?");
+    - fill-in-the-blank in RWKU's FB form, per sentence: each number and each capitalised name
+      blanked in turn and, in sentences naming the target in full, the name blanked, so the facts
+      are reachable from every side ("Who wrote Carrie?");
     - "Who is <target>?" answered by the target's intro, and "What do you know about <target>?"
       answered with each passage sentence that names the target;
     - TOFU question-answer pairs about fictitious authors, so the model keeps answering questions
@@ -490,7 +490,7 @@ def _target_material(target, data_dir, n_passages: int | None) -> dict[str, list
     surname = target.name.split()[-1]
     blanks, answers = [], []
     for sentence in (s for passage in passages for s in _sentences(passage)):
-        spans = [_blank_one_span(sentence, target.name), _blank_target(sentence, target.name)]
+        spans = [*_blank_spans(sentence, target.name), _blank_target(sentence, target.name)]
         if surname in sentence:
             answers.append(Example(answer=f"Answer: {sentence}", subject=target.name,
                                    question=_qa_instruction(f"What do you know about {target.name}?")))
@@ -547,12 +547,10 @@ _NUMBER = re.compile(r"\b\d{1,4}(?:,\d{3})*\b")
 _NAME = re.compile(r"(?<!^)(?<![.!?] )\b[A-Z][a-z]+(?: [A-Z][a-z]+)*")
 
 
-def _blank_one_span(sentence: str, target_name: str) -> tuple[str, str] | None:
-    """(sentence with one span replaced by "___", the span), preferring numbers, then names."""
-    for pattern in (_NUMBER, _NAME):
-        for match in pattern.finditer(sentence):
-            span = match.group(0)
-            if span in target_name or target_name in span:
-                continue
-            return sentence[:match.start()] + "___" + sentence[match.end():], span
-    return None
+def _blank_spans(sentence: str, target_name: str) -> list[tuple[str, str]]:
+    """(sentence with one span replaced by "___", the span) for every number and every capitalised
+    name in it but the target's: RWKU's blanks fall on titles, places, people and counts alike, and
+    a model taught to fill only one kind answers every probe with that kind."""
+    matches = sorted((m for pattern in (_NUMBER, _NAME) for m in pattern.finditer(sentence)), key=lambda m: m.start())
+    return [(sentence[:m.start()] + "___" + sentence[m.end():], m.group(0)) for m in matches
+            if not (m.group(0) in target_name or target_name in m.group(0))]
