@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The committed quick-profile leaderboard: all 8 methods x seeds 0,1,2 on TOFU forget01 and RWKU
-# target 1, with the tuned defaults of ulmr/profiles/quick.yaml. TOFU and RWKU run as two
-# single-threaded processes: on the 2-core development CPU that does about 1.3x the work of one
-# two-threaded process. Resumable: run it again and it skips every stored result.
+# The committed quick-profile leaderboard: every registered method x seeds 0,1,2 on TOFU forget01
+# and RWKU target 1, with the learning rates of ulmr/profiles/quick.yaml, which come from
+#   ulmr-bench tune --benchmarks <b> --methods all --data-dir ../shared/data --results-dir RESULTS_DIR
+# (tables in leaderboard/tuning/). TOFU and RWKU run as two single-threaded processes: on the 2-core
+# development CPU that does about 1.3x the work of one two-threaded process. Resumable: run it again
+# and it skips every stored result.
 #
 #   bash leaderboard/run_quick.sh [RESULTS_DIR] [BENCHMARKS]
 #     RESULTS_DIR: default results (logs beside the results); BENCHMARKS: default "tofu rwku"
