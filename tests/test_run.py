@@ -283,3 +283,11 @@ def test_models_whose_folders_share_a_name_get_separate_results(tmp_path, tiny_p
     assert model_folder(str(first)) != model_folder(str(second))
     assert model_folder(str(first)) == model_folder(str(same))  # the same weights: the same entry
     assert model_folder(str(first)).startswith("ckpt-")
+
+
+def test_progress_line_estimates_from_the_rows_computed():
+    from ulmr.run import progress_line
+
+    assert progress_line(1, 4, []) == "1/4 done"  # a stored row: nothing to estimate from
+    assert progress_line(2, 4, [60.0, 180.0]) == "2/4 done; about 4 min left at this run's pace (mean 2.0 min a row computed)"
+    assert progress_line(4, 4, [60.0]) == "4/4 done"

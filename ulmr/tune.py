@@ -38,7 +38,7 @@ from ulmr import __version__
 from ulmr.errors import UlmrError
 from ulmr.profiles import Profile
 from ulmr.results import content_key, provenance, read_stored, stored_or_compute, write_json_atomic
-from ulmr.run import check_plan, file_slug
+from ulmr.run import check_plan, file_slug, progress_line
 from ulmr.selection import SELECTION_VERSION, best, judge, summary, validation_for
 from ulmr.unlearning.interface import Example, UnlearningData, ValidationData
 
@@ -146,10 +146,17 @@ class _BenchmarkTuning:
             "reference", {"model": reference, "split": fingerprint}, lambda: self._scores(reference, validation))
         points = [(method, point) for method in self.profile.methods
                   for point in method_points(method, self.plan.tune_grid, self.profile.methods)]
-        rows = [self._point(method, point, before, data, validation, fingerprint, before_scores, reference_scores,
-                            stored_only)
-                for method, point in points]
-        rows = [row for row in rows if row is not None]
+        rows, computed = [], []
+        for done, (method, point) in enumerate(points, start=1):
+            started = time.time()
+            row, trained = self._point(method, point, before, data, validation, fingerprint, before_scores,
+                                       reference_scores, stored_only)
+            if row is not None:
+                rows.append(row)
+            if trained:
+                computed.append(time.time() - started)
+            if not stored_only:
+                prepared_run.say(f"tune: {progress_line(done, len(points), computed)}")
         summary_ = self._summary(rows, before_scores, reference_scores, validation)
         if stored_only:
             self.echo(f"{len(rows)} of {len(points)} grid points stored\n" + summary_markdown(summary_))
@@ -160,7 +167,9 @@ class _BenchmarkTuning:
         return summary_
 
     def _point(self, method, point, before, data, validation, fingerprint, before_scores, reference_scores,
-               stored_only: bool) -> dict | None:
+               stored_only: bool) -> tuple[dict | None, bool]:
+        """(the grid point's row, whether it was trained now rather than read back); (None, False)
+        for a point not stored yet under stored_only."""
         from ulmr.models import load_model
         from ulmr.unlearning.config import config_to_dict
         from ulmr.unlearning.registry import get_method
@@ -172,7 +181,7 @@ class _BenchmarkTuning:
         key = _key(content)
         path = self.folder / method / f"{file_slug(point_label(point))}.json"
         if stored_only and read_stored(path, key) is None:
-            return None
+            return None, False
 
         def trained_and_scored() -> dict[str, Any]:
             self.prepared_run.say(f"tune {method} {point_label(point)}: unlearning")
@@ -187,12 +196,12 @@ class _BenchmarkTuning:
                     "seconds": round(time.time() - start, 1), "provenance": provenance()}
 
         # a failed point is stored as the setting's outcome too: rerunning it would fail the same way
-        stored, _ = stored_or_compute(path, key, trained_and_scored, reuse=lambda stored: True)
+        stored, was_stored = stored_or_compute(path, key, trained_and_scored, reuse=lambda stored: True)
         ok = stored["status"] == "ok"
         numbers = summary(stored["scores"]) if ok else {}
         judged = judge(stored["scores"], before_scores, reference_scores) if ok else dict(FAILED)
         return {"method": method, "point": point, **numbers, **judged, "status": stored["status"],
-                "seconds": stored["seconds"]}
+                "seconds": stored["seconds"]}, not was_stored
 
     def _scores(self, model, validation: ValidationData, tokenizer=None) -> dict[str, Any]:
         from ulmr.models import load_model
