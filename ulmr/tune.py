@@ -74,10 +74,9 @@ def tuned_parent(method: str, methods: list[str]) -> str | None:
     ga-avg: ga), or None. A variant is not tuned on its own: it runs at its parent's chosen setting
     (a profile passes a parent's overrides to its variants), so that it differs from the parent only
     in what makes it a variant."""
-    from ulmr.unlearning.registry import available_methods, get_method
+    from ulmr.unlearning.registry import registered_parents
 
-    registered = set(available_methods().values())
-    return next((c.name for c in get_method(method).__mro__[1:] if c in registered and c.name in methods), None)
+    return next((c.name for c in registered_parents(method) if c.name in methods), None)
 
 
 def method_points(method: str, grid: dict[str, list[Any]], methods: list[str] = ()) -> list[dict[str, Any]]:

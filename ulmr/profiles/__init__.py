@@ -65,14 +65,12 @@ class Profile:
         those of the registered methods this one subclasses, then the method's own. A variant such
         as the ablation `ulmr-noavg` so trains on `ulmr`'s budget, except the fields its config
         presets (alpha there), which an override of its parent must not undo."""
-        from ulmr.unlearning.registry import available_methods, get_method
+        from ulmr.unlearning.registry import get_method, registered_parents
 
-        method_class = get_method(method)
-        config_class = method_class.config_class
+        config_class = get_method(method).config_class
         known = {f.name for f in dataclasses.fields(config_class)}
-        registered = set(available_methods().values())
         parents = [(c.name, _changed_defaults(c.config_class, config_class))  # outermost first
-                   for c in reversed(method_class.__mro__[1:]) if c in registered]
+                   for c in reversed(registered_parents(method))]
         merged: dict[str, Any] = {}
         for overrides in (self.method_overrides, self.plan(benchmark).method_overrides):
             merged.update({k: v for k, v in overrides.get("all", {}).items() if k in known})

@@ -21,3 +21,10 @@ def available_methods() -> dict[str, type]:
 
 def get_method(name: str) -> type:
     return _METHODS.get(name)
+
+
+def registered_parents(name: str) -> list[type]:
+    """The registered methods that method `name` subclasses, nearest first (ulmr-noavg: [ulmr];
+    ga-avg: [ga]): a variant's parents, whose profile settings it takes."""
+    registered = set(available_methods().values())
+    return [c for c in get_method(name).__mro__[1:] if c in registered]

@@ -196,18 +196,15 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from ulmr.hardware import launched_processes, peak_rss_bytes, resolve_dtype
+    from ulmr.hardware import join_launched_processes, launched_processes, peak_rss_bytes, resolve_dtype
 
     config.validate()
-    launched = launched_processes()
-    # Without cpu=True accelerate makes N processes on a machine without GPUs N independent
-    # single-process runs (each its own "main" process). A state the caller set up first wins.
-    accelerator = Accelerator(cpu=launched > 1 and not torch.cuda.is_available())
-    if accelerator.num_processes != launched:
-        raise UlmrError(
-            f"{launched} processes were launched but accelerate set up {accelerator.num_processes} per run, so each "
-            "would train alone on all the data and write the same output: on a machine without GPUs create the "
-            "Accelerator with cpu=True (ulmr-bench unlearn --device cpu) before training")
+    # the launch's process group, on CPU processes where there is no GPU (an error where accelerate
+    # would make each process a run of its own); the Accelerator shares it, and a state the caller
+    # set up first wins
+    launched_on_cpu = launched_processes() > 1 and not torch.cuda.is_available()
+    join_launched_processes("cpu" if launched_on_cpu else "cuda")
+    accelerator = Accelerator(cpu=launched_on_cpu)
     device = accelerator.device
     set_seed(config.seed)
     _check_parts(forget)
