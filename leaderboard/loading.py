@@ -2,12 +2,13 @@
 
 Each result read also gets its per-doc values, under PER_DOC_FIELD (not a stored field): the
 benchmark plug-in's `per_doc_values` of the lm-eval sample records stored beside it
-(`samples_file`, JSON Lines), for the bootstrap over docs; None where no samples file is there or
-it cannot be read.
+(`samples_file`, JSON Lines, or the same name + ".gz": what the committed leaderboard keeps), for
+the bootstrap over docs; None where no samples file is there or it cannot be read.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,14 +72,17 @@ def _per_doc_values(path: Path, result: dict[str, Any]) -> dict[str, list[float]
     if not isinstance(name, str) or not name or Path(name).name != name:
         return None
     samples_path = path.parent / name
+    if not samples_path.exists() and samples_path.with_name(name + ".gz").exists():
+        samples_path = samples_path.with_name(name + ".gz")
+    opener = gzip.open if samples_path.suffix == ".gz" else open
     samples: dict[str, list] = {}
     try:
-        with open(samples_path, encoding="utf-8") as lines:
+        with opener(samples_path, "rt", encoding="utf-8") as lines:
             for line in lines:
                 if line.strip():
                     record = json.loads(line)
                     samples.setdefault(record.pop("task"), []).append(record)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
         return None
     return get_benchmark(result["benchmark"]).per_doc_values(samples) or None
 

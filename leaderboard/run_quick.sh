@@ -9,7 +9,10 @@
 #   bash leaderboard/run_quick.sh [RESULTS_DIR] [BENCHMARKS]
 #     RESULTS_DIR: default results (logs beside the results); BENCHMARKS: default "tofu rwku"
 #
-# Then copy the result JSONs (not the .samples.jsonl) to leaderboard/results and regenerate:
+# Then copy the result JSONs and gzipped samples (for the per-question errors) to leaderboard/results
+# and regenerate:
+#   (cd RESULTS_DIR && for f in */*/*.json */*/*.samples.jsonl; do install -D -m 644 "$f" "$OLDPWD/leaderboard/results/$f"; done)
+#   gzip -9 leaderboard/results/*/*/*.samples.jsonl
 #   ulmr-bench leaderboard --results-dir leaderboard/results --output leaderboard
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,6 +4,7 @@ separated, the summary tables, what each method optimised, and RWKU's per-target
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -230,6 +231,26 @@ def test_per_question_errors_come_from_the_samples_stored_beside_each_result(tmp
     markdown = render_markdown([table], [])
     assert f"0.1000 (q {cells['utility_rea'].question_se:#.2g})" in markdown
     assert "1 run(s) by the bootstrap over their stored samples" in markdown
+
+
+def test_gzipped_samples_give_the_same_errors_as_plain_ones(tmp_path):
+    """The committed board keeps its samples gzipped (`<samples_file>.gz`), to keep the repository small."""
+    metrics = {"utility_rea": 0.1, "forget_all": 5 / 12, "mia_auroc": 1 / 9}
+    plain, zipped = tmp_path / "plain", tmp_path / "zipped"
+    for root in (plain, zipped):
+        write(root, {"rwku-1/ga-0.json": result("rwku", "1", "ga", 0, metrics)},
+              samples={"rwku-1/ga-0.json": _rwku_samples(utility_right=1)})
+    samples = zipped / "rwku-1" / "ga-0.samples.jsonl"
+    with gzip.open(samples.with_name(samples.name + ".gz"), "wt", encoding="utf-8") as out:
+        out.write(samples.read_text())
+    samples.unlink()
+    cells = [aggregate(load_results(root)[0])[0].rows[0].cells for root in (plain, zipped)]
+    assert cells[1]["utility_rea"].question_se is not None
+    assert all(cells[0][key].question_se == cells[1][key].question_se for key in metrics)
+    # a truncated archive is no samples (stored errors are used), not a crash
+    gzipped = samples.with_name(samples.name + ".gz")
+    gzipped.write_bytes(gzipped.read_bytes()[:20])
+    assert aggregate(load_results(zipped)[0])[0].error_sources.get("bootstrap") is None
 
 
 def test_without_samples_the_stored_lm_eval_errors_are_used_and_said_so(tmp_path):
