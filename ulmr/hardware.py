@@ -100,7 +100,6 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-
 def matmul_flops(dtype: torch.dtype, device: str | None = None, seconds: float = 0.5) -> float:
     """Measured dense matmul rate (FLOP/s) in `dtype` on `device`, for about `seconds`: the
     denominator of a benchmark's FLOP floor. Square products of 4096 on a GPU, 512 on a CPU (where
