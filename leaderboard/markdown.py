@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from leaderboard.loading import SkippedFile
-from leaderboard.plot import alpha_plot_filename, plot_filename
+from leaderboard.plot import alpha_plot_filename, pareto_front, plot_filename
 from leaderboard.tables import (BOOTSTRAP, BUDGET_FIELDS, NO_ERRORS, REFERENCE_METHODS, STORED, Cell, Table,
                                 better)
 from leaderboard.uncertainty import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
@@ -93,6 +93,10 @@ def _section(table: Table) -> list[str]:
     plot_name = plot_filename(table)
     if plot_name:
         lines += [f"![{title}: forget efficacy vs utility]({plot_name})", ""]
+        front = pareto_front(table)
+        if front:
+            lines += [f"On the plot's Pareto front (by row means, uncertainty not considered: no other method is "
+                      f"at least as good on both axes and better on one): {', '.join(front)}.", ""]
     alpha_name = alpha_plot_filename(table)
     if alpha_name:
         lines += [f"![{title}: validation scores over the averaging weight alpha]({alpha_name})", ""]

@@ -47,7 +47,7 @@ def plot(table: Table, path: str | Path) -> None:
         if x_axis.key not in row.cells or y_axis.key not in row.cells:
             continue
         x, y = row.cells[x_axis.key], row.cells[y_axis.key]
-        x_mean = 1 - x.mean if x_axis.flipped else x.mean
+        x_mean, _ = _plotted(row, x_axis, y_axis)
         reference = REFERENCE_STYLES.get(row.method) if row.method in REFERENCE_METHODS else None
         marker, line = reference or ("o", None)
         color = "black" if reference else None
@@ -65,6 +65,28 @@ def plot(table: Table, path: str | Path) -> None:
     ax.set_title(table.title, fontsize=10)
     ax.grid(True, alpha=0.3)
     _save(figure, path)
+
+
+def pareto_front(table: Table) -> list[str]:
+    """The unlearning methods on the trade-off plot's Pareto front, by their row means: no other
+    method is at least as good on both axes and better on one (as plotted, right and up are better).
+    Uncertainty is not considered: the markdown says so beside the list."""
+    axes = _axes(table)
+    if axes is None:
+        return []
+    points = {row.method: _plotted(row, *axes) for row in table.rows
+              if row.method not in REFERENCE_METHODS and all(axis.key in row.cells for axis in axes)}
+
+    def dominated(x: float, y: float) -> bool:
+        return any(ox >= x and oy >= y and (ox, oy) != (x, y) for ox, oy in points.values())
+
+    return [method for method, (x, y) in points.items() if not dominated(x, y)]
+
+
+def _plotted(row, x_axis: Axis, y_axis: Axis) -> tuple[float, float]:
+    """A row's point on the plot: (x, y) means, x as 1 - value where the axis is flipped."""
+    x = row.cells[x_axis.key].mean
+    return (1 - x if x_axis.flipped else x), row.cells[y_axis.key].mean
 
 
 def alpha_plot(table: Table, path: str | Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from leaderboard import aggregate, build_leaderboard, load_results, render_markdown
+from leaderboard.plot import pareto_front
 from leaderboard.tables import Cell, separated_best
 from leaderboard.uncertainty import bootstrap_se, bootstrap_se_of_mean
 from ulmr.benchmarks.registry import (CLOSEST_TO_BEFORE, CLOSEST_TO_HALF, CLOSEST_TO_REFERENCE, HIGHER, LOWER,
@@ -341,6 +342,20 @@ def test_the_table_of_what_each_method_optimised_shows_what_the_records_have(tmp
 
 
 # ---- plots -------------------------------------------------------------------------------------------
+
+def test_the_pareto_front_is_read_on_the_plots_axes_in_their_better_direction(tmp_path):
+    # RWKU's plot: x = 1 - forget All (flipped: less recall is further right), y = neighbour All
+    points = {"ga": (0.0, 0.0), "npo": (0.1, 0.15), "dpo": (0.15, 0.15), "rt": (0.1, 0.1), "ulmr": (0.2, 0.3),
+              "undial": (0.1, 0.15), "before": (0.0, 1.0)}  # npo and undial tie: neither dominates the other
+    results = {f"rwku-1/{method}-0.json": result("rwku", "1", method, 0, {"forget_all": f, "neighbor_all": n})
+               for method, (f, n) in points.items()}
+    table = aggregate(load_results(write(tmp_path, results))[0])[0]
+    # before (a reference row) would dominate everything on neighbours; it is not a candidate
+    assert pareto_front(table) == ["ga", "npo", "ulmr", "undial"]
+    markdown = render_markdown([table], [])
+    assert "On the plot's Pareto front (by row means, uncertainty not considered" in markdown
+    assert markdown.rstrip().count("ga, npo, ulmr, undial.") == 1
+
 
 def test_an_alpha_curve_in_the_results_gets_its_own_plot(tmp_path):
     curve = [{"alpha": a, "score": 1 - a / 2, "forget": a, "retain": 1 - a / 4} for a in (0.2, 0.6, 1.0)]
