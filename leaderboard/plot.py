@@ -4,9 +4,10 @@ plot: the trade-off scatter, forget efficacy (x, right = more forgotten) against
 labelled point per row with the 95 % intervals of the bolding rule as error bars; reference rows
 in black with their own markers, the before row's values as dashed lines, the retain row's dotted.
 
-alpha_plot: for methods that average their weights with the original ones (ULMR), the validation
-scores at each alpha the choice tried (`unlearning.averaging.curve`, else `.table`), mean over seeds,
-the chosen alphas marked; only for tables whose results record such a curve.
+alpha_plot: for methods that average their weights with the original ones (ULMR, ga-avg, ...), the
+validation scores at each alpha the choice tried (`unlearning.averaging.curve`, else `.table`), mean
+over seeds, the chosen alphas marked, led by the trade-off the alphas trace (forget progress against
+retain kept x (1 - refusals)) where the curve records both; only for tables with such a curve.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from ulmr.benchmarks.registry import Axis, get_benchmark
 FIGURE_SIZE, DPI = (6.4, 4.8), 100
 # reference rows: marker and the line style of their values across the plot (None: no lines)
 REFERENCE_STYLES = {"base": ("^", None), "before": ("s", "--"), "retain": ("D", ":")}
-# the alpha plot shows at most this many scores (one panel each)
+# the alpha plot shows at most this many panels; the criterion's measures first, in this order
 MAX_ALPHA_PANELS = 4
+ALPHA_PANEL_ORDER = ("score", "forget_progress", "retain_kept", "retain_refusal_rate")
+# the criterion's two sides (ulmr/selection.py): with both, the first panel is their trade-off
+TRADE_OFF_KEYS = {"forget_progress", "retain_kept"}
 
 
 def plot_filename(table: Table) -> str | None:
@@ -90,19 +94,24 @@ def _plotted(row, x_axis: Axis, y_axis: Axis) -> tuple[float, float]:
 
 
 def alpha_plot(table: Table, path: str | Path) -> None:
-    """Write the table's alpha curves to `path` (PNG); the table must have some."""
+    """Write the table's alpha curves to `path` (PNG); the table must have some. Where the curves
+    hold the selection criterion's two sides (ulmr/selection.py), the first panel is the trade-off
+    they trace: forget progress against retain kept x (1 - refusals), one point per alpha."""
     curves = _alpha_curves(table)
-    scores = sorted({key for points, _ in curves.values() for point in points.values() for key in point},
-                    key=lambda key: (key != "score", key))[:MAX_ALPHA_PANELS]
+    trade_off, scores = alpha_panels({key for points, _ in curves.values() for point in points.values()
+                                      for key in point})
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    columns = 1 if len(scores) == 1 else 2
-    rows = (len(scores) + columns - 1) // columns
+    panels = len(scores) + trade_off
+    columns = 1 if panels == 1 else 2
+    rows = (panels + columns - 1) // columns
     figure = Figure(figsize=(FIGURE_SIZE[0], 2.4 * rows + 0.6), dpi=DPI)
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False).flatten()
-    for ax, score in zip(axes, scores):
+    if trade_off:
+        _trade_off_panel(axes[0], curves)
+    for ax, score in zip(axes[trade_off:], scores):
         for method, (points, chosen) in curves.items():
             alphas = sorted(alpha for alpha, point in points.items() if score in point)
             if not alphas:
@@ -117,11 +126,46 @@ def alpha_plot(table: Table, path: str | Path) -> None:
         ax.set_xlabel("alpha", fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=8)
-    for ax in axes[len(scores):]:
+    for ax in axes[panels:]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
     figure.suptitle(f"{table.title}: validation scores over alpha (circles: chosen)", fontsize=9)
     _save(figure, path)
+
+
+def alpha_panels(keys: set[str]) -> tuple[bool, list[str]]:
+    """(whether the trade-off panel leads, the scores drawn over alpha after it) for curves that
+    record `keys`: the criterion's measures first, at most MAX_ALPHA_PANELS panels in all."""
+    trade_off = TRADE_OFF_KEYS <= keys
+    preferred = [key for key in ALPHA_PANEL_ORDER if key in keys]
+    return trade_off, (preferred + sorted(keys - set(preferred)))[:MAX_ALPHA_PANELS - trade_off]
+
+
+def _trade_off_panel(ax, curves) -> None:
+    """Forget progress (x) against retain kept x (1 - refusals) (y) over the alphas, mean over seeds;
+    the smallest and largest alpha labelled, the chosen ones circled."""
+    def point(values: dict[str, list[float]]) -> tuple[float, float]:
+        refusals = fmean(values["retain_refusal_rate"]) if "retain_refusal_rate" in values else 0.0
+        return fmean(values["forget_progress"]), fmean(values["retain_kept"]) * (1 - refusals)
+
+    for method, (points, chosen) in curves.items():
+        alphas = sorted(alpha for alpha, values in points.items() if TRADE_OFF_KEYS <= set(values))
+        if not alphas:
+            continue
+        xy = [point(points[alpha]) for alpha in alphas]
+        (line,) = ax.plot(*zip(*xy), marker=".", label=method)
+        for alpha, (x, y) in ((alphas[0], xy[0]), (alphas[-1], xy[-1])):
+            ax.annotate(f"{alpha:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7,
+                        color=line.get_color())
+        picked = [point(points[alpha]) for alpha in chosen if alpha in alphas]
+        if picked:
+            ax.plot(*zip(*picked), linestyle="none", marker="o", markersize=8, markerfacecolor="none",
+                    color=line.get_color())
+    ax.set_title("trade-off over alpha", fontsize=9)
+    ax.set_xlabel("forget progress", fontsize=8)
+    ax.set_ylabel("retain kept x (1 - refusals)", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    ax.tick_params(labelsize=8)
 
 
 def _alpha_curves(table: Table) -> dict[str, tuple[dict[float, dict[str, list[float]]], list[float]]]:

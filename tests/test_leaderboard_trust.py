@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from leaderboard import aggregate, build_leaderboard, load_results, render_markdown
-from leaderboard.plot import pareto_front
+from leaderboard.plot import alpha_panels, pareto_front
 from leaderboard.tables import Cell, separated_best
 from leaderboard.uncertainty import bootstrap_se, bootstrap_se_of_mean
 from ulmr.benchmarks.registry import (CLOSEST_TO_BEFORE, CLOSEST_TO_HALF, CLOSEST_TO_REFERENCE, HIGHER, LOWER,
@@ -368,6 +368,18 @@ def test_an_alpha_curve_in_the_results_gets_its_own_plot(tmp_path):
     assert [p.name for p in built.files] == ["leaderboard.md", f"tofu-forget01-{MODEL}.png",
                                              f"tofu-forget01-{MODEL}-alpha.png"]
     assert f"](tofu-forget01-{MODEL}-alpha.png)" in built.files[0].read_text()
+
+
+def test_the_alpha_plot_leads_with_the_criterions_trade_off_when_the_curve_records_it(tmp_path):
+    recorded = {"alpha", "forget_prob", "forget_progress", "retain_kept", "retain_refusal_rate", "score"}
+    assert alpha_panels(recorded - {"alpha"}) == (True, ["score", "forget_progress", "retain_kept"])
+    assert alpha_panels({"score", "forget", "retain"}) == (False, ["score", "forget", "retain"])
+    curve = [{"alpha": a, "score": a * (1 - a), "forget_progress": a, "retain_kept": 1 - a,
+              "retain_refusal_rate": 0.1, "forget_prob": 1 - a} for a in (0.2, 0.6, 1.0)]
+    results = {"t/ga-avg-0.json": result("tofu", "forget01", "ga-avg", 0, {"forget_rougeL_recall": 0.1},
+                                         unlearning={"averaging": {"alpha": 0.6, "curve": curve}})}
+    built = build_leaderboard(write(tmp_path / "results", results), tmp_path / "board")
+    assert (tmp_path / "board" / f"tofu-forget01-{MODEL}-alpha.png") in built.files
 
 
 # ---- RWKU's per-target protocol ----------------------------------------------------------------------
