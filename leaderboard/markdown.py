@@ -80,8 +80,8 @@ def _section(table: Table) -> list[str]:
         lines += ["No successful runs.", ""]
     if table.budgets:
         lines += ["**What each method optimised** (its results' `unlearning` records: the retain loss when "
-                  "its weight is above 0, the optimiser steps, examples and tokens trained on; a range is "
-                  "over seeds; n/a: not recorded)", ""]
+                  "its weight is above 0, the optimiser steps, the examples drawn and the labelled tokens trained "
+                  "on, per part; a range is over seeds; n/a: not recorded)", ""]
         headers = ["Method"] + [header for header, _ in BUDGET_FIELDS]
         lines += ["| " + " | ".join(headers) + " |", "| :--- | :--- " + "| ---: " * (len(headers) - 2) + "|"]
         lines += ["| " + " | ".join([method, *texts]) + " |" for method, texts in table.budgets]

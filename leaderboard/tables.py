@@ -33,7 +33,8 @@ BOOTSTRAP, STORED, NO_ERRORS = "bootstrap", "stored", "none"
 # what each method optimised, from its result's `unlearning` record (a field of the record itself,
 # else of its config): (header, field); "retain term" is read from retain_weight and retain_loss
 BUDGET_FIELDS = (("Retain term", None), ("Retain weight", "retain_weight"), ("lr", "lr"),
-                 ("Optimizer steps", "steps"), ("Examples", "examples"), ("Tokens", "tokens"))
+                 ("Optimizer steps", "steps"), ("Examples seen", "examples_seen"),
+                 ("Tokens trained", "trained_tokens"))
 
 
 def better(benchmark: str, key: str) -> str | None:

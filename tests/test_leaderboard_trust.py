@@ -326,17 +326,19 @@ def test_each_benchmark_has_a_summary_table_above_its_grouped_full_table(tmp_pat
 
 
 def test_the_table_of_what_each_method_optimised_shows_what_the_records_have(tmp_path):
-    graddiff = {"config": {"retain_weight": 1.0, "retain_loss": "nll", "lr": 1e-4}, "steps": 13, "tokens": 35658}
-    ga = {"config": {"retain_weight": 0.0, "retain_loss": "nll", "lr": 1e-4}, "steps": 13, "tokens": 18821,
-          "examples": {"forget": 40}}
+    graddiff = {"config": {"retain_weight": 1.0, "retain_loss": "nll", "lr": 1e-4}, "steps": 13,
+                "trained_tokens": 35658}
+    ga = {"config": {"retain_weight": 0.0, "retain_loss": "nll", "lr": 1e-4}, "steps": 13, "trained_tokens": 18821,
+          "examples_seen": {"forget": 40}, "tokens": 99999}  # tokens: through the model, prompts too; not shown
     results = {"t/graddiff-0.json": result("tofu", "forget01", "graddiff", 0, {}, unlearning=graddiff),
                "t/graddiff-1.json": result("tofu", "forget01", "graddiff", 1, {},
-                                           unlearning={**graddiff, "tokens": 36327}),
+                                           unlearning={**graddiff, "trained_tokens": 36327}),
                "t/ga-0.json": result("tofu", "forget01", "ga", 0, {}, unlearning=ga),
                "t/before-0.json": result("tofu", "forget01", "before", 0, {})}
     markdown = render_markdown(aggregate(load_results(write(tmp_path, results))[0]), [])
     budgets = markdown.split("**What each method optimised**")[1].split("\n\n")[1].splitlines()
-    assert budgets[0] == "| Method | Retain term | Retain weight | lr | Optimizer steps | Examples | Tokens |"
+    assert budgets[0] == ("| Method | Retain term | Retain weight | lr | Optimizer steps | Examples seen | "
+                          "Tokens trained |")
     assert budgets[2:] == ["| ga | none | 0 | 0.0001 | 13 | forget 40 | 18821 |",
                            "| graddiff | nll | 1 | 0.0001 | 13 | n/a | 35658–36327 |"]  # before: no row
 
