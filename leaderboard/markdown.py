@@ -190,6 +190,11 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
     if dtypes:
         lines.append("unlearning compute dtype (`unlearning.compute_dtype`; `auto` is bf16 on hardware with "
                      "bf16 units, else fp32): " + _tally(dtypes))
+    training_data = _training_data(results)
+    if training_data:
+        lines.append("what the rewriting methods trained on (`unlearning.acceptance.summary`, with the config's "
+                     "`rewriter`; a 135M model as its own rewriter has its rewrites rejected, so the quick profile "
+                     "uses templates): " + training_data)
     commands = _distinct(results, "provenance", "command")
     if commands:
         lines.append("commands: " + ", ".join(f"`{command}`" for command in commands))
@@ -206,6 +211,19 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
                 ("dates", _date_range(_distinct(results, "provenance", "created")))]
     lines += [f"{label}: {', '.join(values)}" for label, values in labelled if values]
     return lines
+
+
+def _training_data(results: list[dict[str, Any]]) -> str:
+    """Per method that records it (ULMR and its ablations), its rewrite and negative acceptance
+    summary and rewriter, each distinct one once, with the seeds that had it."""
+    seeds: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for result in results:
+        summary = _get(result, "unlearning", "acceptance", "summary")
+        if isinstance(summary, str) and summary:
+            rewriter = _get(result, "unlearning", "config", "rewriter")
+            seeds[(result["method"], f"{summary} (rewriter: {rewriter or 'not recorded'})")].append(result["seed"])
+    return "; ".join(f"{method} seed {', '.join(map(str, sorted(runs)))}: {text}"
+                     for (method, text), runs in sorted(seeds.items(), key=lambda item: (item[0][0], min(item[1]))))
 
 
 def _preparation_trainings(results: list[dict[str, Any]]) -> str:

@@ -343,6 +343,21 @@ def test_the_table_of_what_each_method_optimised_shows_what_the_records_have(tmp
                            "| graddiff | nll | 1 | 0.0001 | 13 | n/a | 35658–36327 |"]  # before: no row
 
 
+def test_the_notes_say_what_the_rewriting_methods_trained_on(tmp_path):
+    def ulmr(seed, summary):
+        record = {"acceptance": {"summary": summary}, "config": {"rewriter": "template"}}
+        return result("tofu", "forget01", "ulmr", seed, {}, unlearning=record)
+
+    results = {"t/ulmr-0.json": ulmr(0, "80 of 80 template rewrites kept; responses: 53 bank"),
+               "t/ulmr-1.json": ulmr(1, "80 of 80 template rewrites kept; responses: 53 bank"),
+               "t/ulmr-2.json": ulmr(2, "80 of 80 template rewrites kept; responses: 50 bank"),
+               "t/ga-0.json": result("tofu", "forget01", "ga", 0, {}, unlearning={"config": {}})}
+    markdown = render_markdown(aggregate(load_results(write(tmp_path, results))[0]), [])
+    line = next(line for line in markdown.splitlines() if "what the rewriting methods trained on" in line)
+    assert line.endswith("ulmr seed 0, 1: 80 of 80 template rewrites kept; responses: 53 bank (rewriter: template); "
+                         "ulmr seed 2: 80 of 80 template rewrites kept; responses: 50 bank (rewriter: template)")
+
+
 # ---- plots -------------------------------------------------------------------------------------------
 
 def test_the_pareto_front_is_read_on_the_plots_axes_in_their_better_direction(tmp_path):
