@@ -74,7 +74,7 @@ def stage_rows(results_dir: Path) -> list[tuple[str, float, int | None, int, int
             prepared.add(label)
             rows.append((f"prepare {label}", training["time_s"], training["tokens"], 6, None))
         unlearning = result.get("unlearning")
-        if unlearning:
+        if unlearning and "tokens" in unlearning:  # icu trains nothing: no training record
             name = f"{where} unlearn {result['method']} seed {result['seed']}"
             rows.append((name, result["timings"]["unlearn_seconds"], unlearning["tokens"], 6,
                          unlearning.get("peak_memory_bytes")))
