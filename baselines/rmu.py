@@ -146,6 +146,9 @@ class RMU(LossUnlearner):
                             "set alpha=0")
         return data.retain
 
+    def retain_objective(self):
+        return f"activation MSE at layer {self.config.layer}", self.config.alpha
+
     def trainable_parameters(self, model):
         layers = decoder_layers(model)
         config = self.config

@@ -180,6 +180,8 @@ def test_rmu_trains_only_the_chosen_layers_and_moves_their_output_towards_c_u(ti
     assert changed == {"model.layers.1.mlp.down_proj.weight"}
     assert result.record["trainable_params"] == after["model.layers.1.mlp.down_proj.weight"].numel()
     assert all(p.requires_grad for p in result.model.parameters())  # the loop gives the flags back
+    # the record names RMU's own retain term (alpha x activation MSE), not the unused shared one
+    assert (result.record["retain_loss"], result.record["retain_weight"]) == ("activation MSE at layer 1", 1.0)
     with torch.no_grad():
         distance_after = masked_mse(layer_output(result.model, part, 1), c_u, mask).item()
     assert distance_after < 0.6 * distance_before

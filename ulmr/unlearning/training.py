@@ -392,6 +392,11 @@ class LossUnlearner(Unlearner):
                             f"{data.name} has no retain items: set retain_weight=0")
         return data.retain
 
+    def retain_objective(self) -> tuple[str, float]:
+        """(what the retain term is, its weight), for the record when the method has one (default:
+        the shared retain loss at retain_weight)."""
+        return self.config.retain_loss, self.config.retain_weight
+
     def trainable_parameters(self, model) -> Iterable[torch.nn.Parameter]:
         """The parameters this method trains (default: all that require gradients); the loop keeps
         every other one bit-identical."""
@@ -415,8 +420,9 @@ class LossUnlearner(Unlearner):
                               self.forget_parts(data), retain, reference=reference, desc=self.name,
                               trainable_parameters=self.trainable_parameters)
         averaging, artifacts = self._average(model, tokenizer, data, original, validation)
+        retain_record = dict(zip(("retain_loss", "retain_weight"), self.retain_objective())) if retain else {}
         return UnlearningResult(model, {"method": self.name, "selection": data.name,
-                                        "config": config_to_dict(config), **record.as_dict(),
+                                        "config": config_to_dict(config), **record.as_dict(), **retain_record,
                                         "averaging": averaging}, artifacts)
 
     def _average(self, model, tokenizer, data: UnlearningData, original,
