@@ -110,7 +110,9 @@ def _section(table: Table) -> list[str]:
     if alpha_name:
         lines.append("- Alpha plot: each averaged method's validation scores at every alpha its choice tried "
                      "(`unlearning.averaging`: `curve`, else `table`), the mean over seeds, and the alphas "
-                     "chosen marked.")
+                     "chosen marked; where the curve records the selection criterion's two sides, the first "
+                     "panel is the trade-off they trace (forget progress against retain kept × (1 − "
+                     "refusals), from the smallest alpha to the largest).")
     lines += ["- Provenance:", *(f"  - {line}" for line in _provenance_lines(table.results)), ""]
     return lines
 
