@@ -195,8 +195,7 @@ def _provenance_lines(results: list[dict[str, Any]]) -> list[str]:
     training_data = _training_data(results)
     if training_data:
         lines.append("what the rewriting methods trained on (`unlearning.acceptance.summary`, with the config's "
-                     "`rewriter`; a 135M model as its own rewriter has its rewrites rejected, so the quick profile "
-                     "uses templates): " + training_data)
+                     "`rewriter`): " + training_data)
     commands = _distinct(results, "provenance", "command")
     if commands:
         lines.append("commands: " + ", ".join(f"`{command}`" for command in commands))
