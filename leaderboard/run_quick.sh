@@ -12,7 +12,7 @@
 # Then copy the result JSONs and gzipped samples (for the per-question errors) to leaderboard/results
 # and regenerate:
 #   (cd RESULTS_DIR && for f in */*/*.json */*/*.samples.jsonl; do install -D -m 644 "$f" "$OLDPWD/leaderboard/results/$f"; done)
-#   gzip -9 leaderboard/results/*/*/*.samples.jsonl
+#   gzip -9 -n leaderboard/results/*/*/*.samples.jsonl
 #   ulmr-bench leaderboard --results-dir leaderboard/results --output leaderboard
 set -euo pipefail
 cd "$(dirname "$0")/.."
