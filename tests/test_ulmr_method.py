@@ -108,6 +108,23 @@ def test_auto_alpha_needs_validation_data_and_fails_before_any_work(knowing):
         "averaging"]["alpha"] == 0.5
 
 
+@pytest.mark.parametrize("method", ["ulmr", "graddiff"])
+def test_a_retain_weight_without_retain_items_fails_in_one_line_before_any_work(method, tiny, monkeypatch):
+    """ULMR and the loss-based methods share one check; ULMR's runs before it generates any pair."""
+    from ulmr.method.method import UlmrUnlearner
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the pairs were generated before the retain check")
+
+    monkeypatch.setattr(UlmrUnlearner, "_make_pairs", no_generation)
+    task = UnlearningData("toy", "zorblax", FORGET, [], FORGET, ["Zorblax Quint"], TEMPLATE, ["I don't know."])
+    cls = get_method(method)
+    settings = {**FAST, "alpha": 0.5} if method == "ulmr" else {"max_steps": 1}
+    with pytest.raises(UlmrError, match=rf"^{method}: retain_weight=0.5 but toy zorblax has no retain items: "
+                                        r"set retain_weight=0$"):
+        cls(build_config(cls.config_class, {**settings, "retain_weight": 0.5})).unlearn(*tiny, task)
+
+
 def test_norewrite_preset_trains_on_the_original_questions_only(knowing):
     model, tokenizer = knowing
     assert get_method("ulmr-norewrite")().config.rewrite is False

@@ -34,7 +34,7 @@ from ulmr.unlearning.interface import AVOID_RESPONSES, Example, Unlearner, Unlea
 from ulmr.unlearning.losses import answer_nll, retain_term
 from ulmr.unlearning.registry import register_method
 from ulmr.unlearning.subjects import recurring_names
-from ulmr.unlearning.training import TrainingConfig, full_state_dict, planned_steps, train
+from ulmr.unlearning.training import TrainingConfig, full_state_dict, planned_steps, retain_items, train
 
 
 @dataclass
@@ -142,14 +142,11 @@ class UlmrUnlearner(Unlearner):
         # before any work: fails where the benchmark has no validation data
         validation = validation_for(data, config.validation_max, "alpha=auto chooses alpha",
                                     "set alpha to a number") if auto else None
+        retain = retain_items(self.name, config, data)  # checked before the pairs are generated
         started = time.perf_counter()
         pairs, generation_record = self._make_pairs(model, tokenizer, data)
         generation_record["generation_time_s"] = time.perf_counter() - started
 
-        retain = data.retain if config.retain_weight > 0 else None
-        if config.retain_weight > 0 and not retain:
-            raise UlmrError(f"{self.name}: retain_weight={config.retain_weight} but {data.benchmark} {data.name} has no retain "
-                            "items to train on: set retain_weight=0")
         original = full_state_dict(model) if auto or config.alpha < 1 else None
 
         forget = [Example(answer=p.response, question=p.instruction, subject=p.subject) for p in pairs]

@@ -366,6 +366,17 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
     return weights
 
 
+def retain_items(method: str, config: TrainingConfig, data: UnlearningData) -> list[Example] | None:
+    """The data's retain items when `config.retain_weight` > 0, else None; a one-line error when the
+    weight asks for them and the data has none."""
+    if config.retain_weight == 0:
+        return None
+    if not data.retain:
+        raise UlmrError(f"{method}: retain_weight={config.retain_weight} but {data.benchmark} "
+                        f"{data.name} has no retain items: set retain_weight=0")
+    return data.retain
+
+
 class LossUnlearner(Unlearner):
     """Base of the methods that are one loss on forget/retain batches.
 
@@ -385,12 +396,7 @@ class LossUnlearner(Unlearner):
     def retain_examples(self, data: UnlearningData) -> list[Example] | None:
         """The retain side, or None when the method has no retain term (default: the data's retain
         items when retain_weight > 0)."""
-        if self.config.retain_weight == 0:
-            return None
-        if not data.retain:
-            raise UlmrError(f"{self.name}: retain_weight={self.config.retain_weight} but {data.benchmark} "
-                            f"{data.name} has no retain items: set retain_weight=0")
-        return data.retain
+        return retain_items(self.name, self.config, data)
 
     def retain_objective(self) -> tuple[str, float]:
         """(what the retain term is, its weight), for the record when the method has one (default:
