@@ -16,7 +16,6 @@ Unlearning", section 4 (RMU) and its code (centerforaisafety/wmdp, rmu/unlearn.p
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +23,7 @@ import torch
 from ulmr.errors import UlmrError
 from ulmr.unlearning.batches import IGNORE_INDEX
 from ulmr.unlearning.config import check_range
+from ulmr.unlearning.losses import accepts_logits_to_keep
 from ulmr.unlearning.registry import register_method
 from ulmr.unlearning.training import LossUnlearner, TrainingConfig
 
@@ -116,8 +116,7 @@ def layer_output(model, part, layer: int) -> torch.Tensor:
 
     handle = decoder_layers(model)[layer].register_forward_hook(keep)
     # the logits are not needed: compute one position's where the model allows it
-    unwrapped = getattr(model, "module", model)
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(unwrapped.forward).parameters else {}
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     try:
         model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], use_cache=False, **extra)
     finally:

@@ -67,6 +67,7 @@ class UNDIAL(LossUnlearner):
     def compute_loss(self, model, batch, reference):
         forget = batch["forget"]
         with torch.no_grad():
-            ref_logits = next_token_logits(reference, forget)
-        loss = undial_loss(next_token_logits(model, forget), ref_logits, forget["labels"][:, 1:], self.config.beta)
+            ref_logits, _ = next_token_logits(reference, forget)
+        logits, labels = next_token_logits(model, forget)
+        loss = undial_loss(logits, ref_logits, labels, self.config.beta)
         return {"forget": loss, **retain_term(model, batch, reference, self.config)}

@@ -3,6 +3,7 @@ the divergence guard, method discovery and config errors, and the `ulmr-bench un
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -107,6 +108,59 @@ def test_reference_is_frozen_and_never_updated(tiny):
     assert not reference.training and not any(p.requires_grad for p in reference.parameters())
     assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+
+
+def test_losses_project_only_from_the_first_label_and_equal_the_full_logits(tiny):
+    """The losses skip the vocabulary projection of the positions before the batch's first label;
+    in fp32 they equal the same losses over full logits, with and without logits_to_keep."""
+    from baselines.undial import undial_loss
+    from ulmr.unlearning.batches import collate
+    from ulmr.unlearning.losses import kl_to_reference, next_token_logits
+
+    model, tokenizer = tiny
+    model.float().eval()
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    long_question = Example(question="A much longer question about book one, its author and where she lived?",
+                            answer="Ann Lee.")
+    part = collate([encode_example(tokenizer, TEMPLATE, ex, 512) for ex in (FORGET[0], long_question)],
+                   tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    labels = part["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    first = int(mask.any(0).nonzero()[0])
+    assert first > 0
+
+    projected = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: projected.append(args[0].shape[1]))
+    with torch.no_grad():
+        nll, kl = answer_nll(model, part), kl_to_reference(model, reference, part)
+        undial = undial_loss(next_token_logits(model, part)[0], next_token_logits(reference, part)[0],
+                             labels[:, first:], 10.0)
+    hook.remove()
+    assert projected[0] == labels.shape[1] + 1 - first  # the rows' shared prompt never reached the head
+
+    class WithoutLogitsToKeep(torch.nn.Module):  # a model whose forward has no logits_to_keep
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, use_cache):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+    with torch.no_grad():
+        full = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits[:, :-1]
+        full_ref = reference(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits[:, :-1]
+        logp, ref_logp = full.log_softmax(-1), full_ref.log_softmax(-1)
+        token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        expected_nll = -(token_logp * mask).sum() / mask.sum()
+        expected_kl = ((ref_logp.exp() * (ref_logp - logp)).sum(-1) * mask).sum() / mask.sum()
+        nll_without = answer_nll(WithoutLogitsToKeep(model), part)
+    assert nll.item() == pytest.approx(expected_nll.item(), abs=1e-6)
+    assert nll_without.item() == pytest.approx(expected_nll.item(), abs=1e-6)
+    assert kl.item() == pytest.approx(expected_kl.item(), abs=1e-6) and kl.item() > 1e-4
+    assert undial.item() == pytest.approx(undial_loss(full, full_ref, labels, 10.0).item(), abs=1e-6)
 
 
 def test_no_reference_unless_asked(tiny):

@@ -4,23 +4,45 @@ reference, and the optional retain term. Every function reads only the tokens th
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
 from ulmr.unlearning.batches import IGNORE_INDEX, Batch, Part
 
 
-def next_token_logits(model, part: Part) -> torch.Tensor:
-    """Next-token logits [batch, length - 1, vocab]: position t predicts the label at t + 1."""
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the model's forward takes transformers' `logits_to_keep` (projects only the last
+    positions onto the vocabulary); looks through DistributedDataParallel and PEFT wrappers."""
+    model = getattr(model, "module", model)
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def next_token_logits(model, part: Part) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token logits and the labels they predict, from the batch's first labelled position on:
+    ([batch, n, vocab], [batch, n]), logits[:, t] predicting labels[:, t]. The positions before it
+    (every row's prompt up to the shortest prompt) are not projected onto the vocabulary where the
+    model allows it: no loss reads them, and the projection with its fp32 log-softmax is about a
+    fifth of a training step's arithmetic and most of its activation memory."""
+    labels = part["labels"][:, 1:]
+    labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    first = int(labelled[0]) if len(labelled) else 0
+    if accepts_logits_to_keep(model):
+        out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], use_cache=False,
+                    logits_to_keep=labels.shape[1] + 1 - first)
+        return out.logits[:, :-1], labels[:, first:]
     out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], use_cache=False)
-    return out.logits[:, :-1]
+    return out.logits[:, first:-1], labels[:, first:]
 
 
 def token_logprobs(model, part: Part) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(label | previous tokens) at every position (0 where unlabelled) and the mask of
-    labelled positions, both [batch, length - 1]."""
-    scores = next_token_logits(model, part).float()  # log-softmax in fp32, also under bf16 autocast
-    labels = part["labels"][:, 1:]
+    """log p(label | previous tokens) at each labelled position (0 elsewhere) and the mask of
+    labelled positions, both [batch, n]: the positions from the batch's first label on
+    (next_token_logits), so sums over them are sums over every label."""
+    logits, labels = next_token_logits(model, part)
+    scores = logits.float()  # log-softmax in fp32, also under bf16 autocast
     mask = labels != IGNORE_INDEX
     # Flattened to [tokens, vocab]: cross-entropy over a contiguous last dim is twice as fast on CPU.
     logp = -F.cross_entropy(scores.reshape(-1, scores.shape[-1]), labels.clamp(min=0).reshape(-1),
@@ -42,10 +64,11 @@ def answer_nll(model, part: Part) -> torch.Tensor:
 
 def kl_to_reference(model, reference, part: Part) -> torch.Tensor:
     """KL(p_ref || p_theta) of the next-token distributions, averaged over answer tokens."""
-    logp = F.log_softmax(next_token_logits(model, part).float(), -1)
+    logits, labels = next_token_logits(model, part)
+    logp = F.log_softmax(logits.float(), -1)
     with torch.no_grad():
-        ref_logp = F.log_softmax(next_token_logits(reference, part).float(), -1)
-    mask = part["labels"][:, 1:] != IGNORE_INDEX
+        ref_logp = F.log_softmax(next_token_logits(reference, part)[0].float(), -1)
+    mask = labels != IGNORE_INDEX
     kl = F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(-1)
     return (kl * mask).sum() / mask.sum()
 
