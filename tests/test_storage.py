@@ -8,6 +8,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -321,3 +322,16 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_results_carry_the_revision_the_process_loaded_not_the_checkout_at_write_time(monkeypatch):
+    """A commit or edit during a long run must not relabel its later results: provenance() reports
+    the revision read when the process imported ulmr.results and runs no git itself."""
+    from ulmr import results
+
+    def no_git(*args, **kwargs):
+        raise AssertionError(f"provenance() ran {args[0]!r}")
+
+    monkeypatch.setattr(results.subprocess, "run", no_git)
+    assert results.provenance()["git_revision"] == results.LOADED_REVISION
+    assert results.LOADED_REVISION is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", results.LOADED_REVISION)

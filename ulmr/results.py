@@ -125,6 +125,7 @@ def _umask() -> int:
 
 
 def git_revision() -> str | None:
+    """The checkout's commit (+ "-dirty" with uncommitted changes to tracked files), or None outside git."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)
@@ -135,6 +136,11 @@ def git_revision() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+# Read once, when the process imports this module: the code a long run executes is the code it
+# imported at its start, and a commit or an edit made while it runs must not relabel its later results.
+LOADED_REVISION = git_revision()
 
 
 def provenance() -> dict[str, Any]:
@@ -151,7 +157,7 @@ def provenance() -> dict[str, Any]:
     return {
         "command": portable_command(sys.argv),
         "versions": versions,
-        "git_revision": git_revision(),
+        "git_revision": LOADED_REVISION,
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores"
                    + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
