@@ -54,11 +54,29 @@ def _generation_requests(until, max_gen_toks=24):
 
 
 def _admissions(lm):
-    """Record the rows of each prompt forward of generation (a group of prompts taking slots)."""
-    sizes = []
+    """Record generation's admissions (the prompts that take free slots together, before the next
+    decoding step) and, per prompt forward, the share of its token rows that are padding."""
+    admissions, padding, state = [], [], {"in_run": False, "decoded": True}
     original = lm._run
-    lm._run = lambda rows, head, keep=None: (sizes.append(len(rows)) if head else None, original(rows, head, keep))[1]
-    return sizes
+
+    def run(rows, head, keep=None):
+        if head:
+            if state["decoded"]:
+                admissions.append(0)
+                state["decoded"] = False
+            admissions[-1] += len(rows)
+            lengths = [len(r.ids) for r in rows]
+            padding.append(1 - sum(lengths) / (len(rows) * max(lengths)))
+        state["in_run"] = True
+        try:
+            return original(rows, head, keep)
+        finally:
+            state["in_run"] = False
+
+    lm._run = run
+    # a forward of the model outside _run is a decoding step
+    lm.model.register_forward_pre_hook(lambda module, args: None if state["in_run"] else state.update(decoded=True))
+    return admissions, padding
 
 
 @pytest.mark.parametrize("budget", [100, 500, 10_000])  # 1 slot, 3 slots (~155 columns a row), all rows
@@ -67,8 +85,9 @@ def test_greedy_generation_equals_hf(lively, hf, budget, min_saving):
     requests = _generation_requests(until=["e", "Y"])
     expected = hf.generate_until(requests, disable_tqdm=True)
     lm = _fast(lively, generation_tokens=budget, prefix_min_saving=min_saving)
-    admissions = _admissions(lm)
+    admissions, padding = _admissions(lm)
     assert lm.generate_until(requests, disable_tqdm=True) == expected
+    assert max(padding) <= 0.25
     # the rows stop at different steps (finished rows leave their slots mid-way)
     assert len({len(text) for text in expected}) > 2
     assert sum(admissions) == len(PROMPTS)
@@ -151,6 +170,17 @@ def test_prefix_memory_budget_splits_requests_into_chunks_with_the_same_results(
         assert logprob == pytest.approx(hf_logprob, rel=1e-6, abs=1e-6)
 
 
+def test_length_groups_bound_the_padding_of_each_forward():
+    from ulmr.fast_lm import _length_groups
+
+    lengths = [26, 1024, 206, 40, 161, 52, 26, 137, 74, 60]
+    groups = _length_groups(lengths)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    assert [[lengths[i] for i in group] for group in groups] == [[1024], [206, 161], [137], [74, 60], [52, 40],
+                                                                   [26, 26]]
+    assert _length_groups([5, 5, 5]) == [[0, 1, 2]] and _length_groups([]) == []
+
+
 def test_plan_prefixes_cuts_prefixes_to_the_alignment():
     from ulmr.fast_lm import _plan_prefixes
 
@@ -184,7 +214,9 @@ def test_generation_slots_follow_the_token_budget_and_do_not_change_the_text(tin
     texts = {}
     for budget in (1, 10_000):
         lm = _fast(tiny, generation_tokens=budget)
-        admissions = _admissions(lm)
+        admissions, padding = _admissions(lm)
         texts[budget] = lm.generate_until(requests, disable_tqdm=True)
         assert admissions == ([1, 1, 1, 1] if budget == 1 else [4])
+        # prompts of 4 to 13 words: admitted together, prefilled in forwards of similar lengths
+        assert max(padding) <= 0.25 and (budget == 1 or len(padding) > 1)
     assert texts[1] == texts[10_000]

@@ -390,13 +390,15 @@ class FastLM(TemplateLM):
                     admitted = prompts[waiting:waiting + free]
                     rows = [_Row(prefix, ids[prefix.length if prefix else 0:]) for ids, prefix in admitted]
                     self.counters["forward_tokens"] += sum(len(r.ids) for r in rows)
-                    new, logits = self._run(rows, head=True, keep=0)
-                    first = len(alive)
-                    slots.adopt(new, first)
-                    at = slice(first, first + len(rows))
-                    next_ids[at], lengths[at] = logits.argmax(-1), new.lengths
-                    host_lengths[at] = new.lengths.tolist()
-                    alive += range(waiting, waiting + len(rows))
+                    # a forward pads its rows to the longest: one per group of similar lengths
+                    for group in _length_groups([len(r.ids) for r in rows]):
+                        new, logits = self._run([rows[i] for i in group], head=True, keep=0)
+                        first = len(alive)
+                        slots.adopt(new, first)
+                        at = slice(first, first + len(group))
+                        next_ids[at], lengths[at] = logits.argmax(-1), new.lengths
+                        host_lengths[at] = new.lengths.tolist()
+                        alive += [waiting + i for i in group]
                     waiting += len(rows)
                 if not alive:
                     break
@@ -580,6 +582,20 @@ def _plan_prefixes(sequences: list[list[int]], min_saving: int,
         for branch in branches.values():
             stack.append((branch, parent, parent_length))
     return nodes, owners
+
+
+def _length_groups(lengths: list[int], padding: float = 0.25) -> list[list[int]]:
+    """Indices of `lengths`, longest first, cut into groups whose rows are each at least
+    (1 - padding) of their group's longest: padded to it in one forward, a group computes at most
+    a `padding` share of padding. (One forward over RWKU's BBH and AlpacaEval prompts, 26 to 1,024
+    tokens after their shared few-shot prefixes, computed 87 % padding.)"""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and lengths[i] >= (1 - padding) * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def _levels(nodes: list[tuple[int, int, int]]) -> list[list[int]]:
