@@ -159,6 +159,26 @@ def test_choices_differing_in_their_last_token_share_a_row(lively, hf):
         assert logprob == pytest.approx(hf_logprob, rel=1e-6, abs=1e-6)
 
 
+def test_prefix_forwards_group_similar_lengths_with_the_same_results(lively, hf):
+    """The prefixes of one tree level (here the system turn and "Unrelated prompt"; on RWKU the
+    few-shot blocks of different tasks) run in forwards of similar lengths, not padded to the longest."""
+    requests = _loglikelihood_requests()
+    lm = _fast(lively, prefix_min_saving=4, prefix_align=1)
+    padding, original = [], lm._run
+
+    def run(rows, head, keep=None):
+        if keep == 0 and not head:  # a prefix forward
+            lengths = [len(r.ids) for r in rows]
+            padding.append(1 - sum(lengths) / (len(rows) * max(lengths)))
+        return original(rows, head, keep)
+
+    lm._run = run
+    scored = lm.loglikelihood(requests, disable_tqdm=True)
+    assert len(padding) > 2 and max(padding) <= 0.25
+    for (logprob, _), (hf_logprob, _) in zip(scored, hf.loglikelihood(requests, disable_tqdm=True)):
+        assert logprob == pytest.approx(hf_logprob, rel=1e-6, abs=1e-6)
+
+
 def test_prefix_memory_budget_splits_requests_into_chunks_with_the_same_results(lively, hf):
     requests = _loglikelihood_requests()
     lm = _fast(lively, prefix_bytes=1)  # the smallest chunks the budget allows (1024 tokens)

@@ -159,16 +159,17 @@ class FastLM(TemplateLM):
         """The cached prefix each sequence starts from (None: none), computed here."""
         nodes, owners = _plan_prefixes(sequences, self.prefix_min_saving, self.prefix_align)
         done: dict[int, _Prefix] = {}
-        for level in _levels(nodes):  # parents before children, one forward a level
+        for level in _levels(nodes):  # parents before children; a level in forwards of similar lengths
             rows = []
             for index in level:
                 parent, length, source = nodes[index]
                 base = done.get(parent)
                 rows.append(_Row(base, sequences[source][base.length if base else 0:length]))
             self.counters["forward_tokens"] += sum(len(r.ids) for r in rows)
-            slots, _ = self._run(rows, head=False, keep=0)
-            for b, index in enumerate(level):
-                done[index] = _Prefix(nodes[index][1], slots.row(b, nodes[index][1]))
+            for group in _length_groups([len(r.ids) for r in rows]):
+                slots, _ = self._run([rows[i] for i in group], head=False, keep=0)
+                for b, index in enumerate(level[i] for i in group):
+                    done[index] = _Prefix(nodes[index][1], slots.row(b, nodes[index][1]))
         return [done[o] if o >= 0 else None for o in owners]
 
     def _check_window(self, length: int) -> None:
