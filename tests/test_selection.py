@@ -135,13 +135,37 @@ def test_refusal_detector_on_the_banks_and_on_true_answers(data_dir):
 
 # ---- generation and measurement on the tiny model --------------------------------------------
 
-def test_greedy_answers_are_batch_independent_and_measure_fills_every_field(tiny):
+def test_greedy_answers_equal_transformers_generate_one_question_at_a_time(tiny):
+    """The fast backend's decoding gives generate's strings: the tiny model with its matrices redrawn
+    (its seeded initialisation repeats one token), so answers differ and stop at different steps."""
+    import torch
+
+    from ulmr.prompts import encode, render_prompt
+
+    model, tokenizer = tiny
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3, generator=generator)
+    template = PromptTemplate()
+    questions = ["Who wrote Moon Soup?", "What colour is the sky on a clear day in summer?", "Why?",
+                 "Where was the author of Moon Soup born, and in which year?"]
+    expected = []
+    for q in questions:
+        ids = torch.tensor([encode(tokenizer, render_prompt(tokenizer, template, q))])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        expected.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    model.train()
+    answers = greedy_answers(model, tokenizer, template, questions, max_new_tokens=12)
+    assert answers == expected and len(set(answers)) == len(answers)
+    assert model.training  # left as it was found
+
+
+def test_measure_fills_every_field(tiny):
     model, tokenizer = tiny
     template = PromptTemplate()
-    questions = ["Who wrote Moon Soup?", "What colour is the sky on a clear day in summer?", "Why?"]
-    batched = greedy_answers(model, tokenizer, template, questions, max_new_tokens=6, batch_size=3)
-    one_by_one = [greedy_answers(model, tokenizer, template, [q], max_new_tokens=6, batch_size=1)[0] for q in questions]
-    assert batched == one_by_one and all(isinstance(a, str) for a in batched)
     validation = ValidationData([Example("Answer: Zorblax Quint.", "Who wrote Moon Soup?")],
                                 [Example("Blue.", "What colour is the sky?"), Example("Four.", "Two plus two?")],
                                 answer_cue="Answer:")
