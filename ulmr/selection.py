@@ -182,8 +182,8 @@ def greedy_answers(model, tokenizer, template: PromptTemplate, questions: list[s
 
     Decoded by the fast backend's greedy loop in the model's own precision: the strings
     transformers' `generate` gives, computed in fewer steps (all questions decode together, the
-    shared system turn once). alpha=auto answers the validation questions once per grid alpha, so
-    this was most of ULMR's unlearning time.
+    shared system turn once). alpha=auto answers the validation questions once per grid alpha: most
+    of ULMR's unlearning time.
     """
     from lm_eval.api.instance import Instance
 
