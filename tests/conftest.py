@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-import torch  # noqa: F401
+import torch
 from transformers.utils import logging as hf_logging
 
 # torch and transformers bind their log StreamHandlers to sys.stderr when first configured. Do it
@@ -50,6 +50,19 @@ def tiny(tiny_path):
     from ulmr.models import load_model
 
     return load_model(tiny_path, dtype="fp32", device="cpu")
+
+
+@pytest.fixture()
+def lively(tiny):
+    """The tiny model with its matrices redrawn at N(0, 0.3): greedy text varies from token to token
+    (the seeded initialisation repeats one byte), so rows hit stop strings at different steps."""
+    model, tokenizer = tiny
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3, generator=generator)
+    return model, tokenizer
 
 
 def data_copy_with(data_dir: Path, root: Path, relative: str, content: bytes) -> Path:

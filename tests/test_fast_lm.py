@@ -5,7 +5,6 @@ prefix caching do."""
 from __future__ import annotations
 
 import pytest
-import torch
 from lm_eval.api.instance import Instance
 
 SYSTEM = "System: you are a careful assistant who answers briefly.\n"
@@ -13,19 +12,6 @@ SHOTS = "Q: two plus two? A: four.\nQ: the capital of France? A: Paris.\n"
 PROMPTS = [SYSTEM + "User: Who wrote it?", SYSTEM + "User: Where was the author of Moon Soup born, and when?",
            SYSTEM + SHOTS + "Q: the colour of the sky? A:", SYSTEM + SHOTS + "Q: grass? A:", "Unrelated prompt",
            SYSTEM + "User: Why?", SYSTEM + SHOTS + "Q: why? A:", "a"]
-
-
-@pytest.fixture()
-def lively(tiny):
-    """The tiny model with its matrices redrawn at N(0, 0.3): greedy text varies from token to token
-    (the seeded initialisation repeats one byte), so rows hit stop strings at different steps."""
-    model, tokenizer = tiny
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3, generator=generator)
-    return model, tokenizer
 
 
 @pytest.fixture()

@@ -135,19 +135,13 @@ def test_refusal_detector_on_the_banks_and_on_true_answers(data_dir):
 
 # ---- generation and measurement on the tiny model --------------------------------------------
 
-def test_greedy_answers_equal_transformers_generate_one_question_at_a_time(tiny):
-    """The fast backend's decoding gives generate's strings: the tiny model with its matrices redrawn
-    (its seeded initialisation repeats one token), so answers differ and stop at different steps."""
+def test_greedy_answers_equal_transformers_generate_one_question_at_a_time(lively):
+    """The fast backend's decoding gives generate's strings (the lively tiny model: answers differ)."""
     import torch
 
     from ulmr.prompts import encode, render_prompt
 
-    model, tokenizer = tiny
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3, generator=generator)
+    model, tokenizer = lively
     template = PromptTemplate()
     questions = ["Who wrote Moon Soup?", "What colour is the sky on a clear day in summer?", "Why?",
                  "Where was the author of Moon Soup born, and in which year?"]
