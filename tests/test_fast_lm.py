@@ -39,6 +39,12 @@ def _generation_requests(until, max_gen_toks=24):
             for i, p in enumerate(PROMPTS)]
 
 
+def _padding_share(rows) -> float:
+    """The share of a forward's token rows that are padding (each row padded to the longest)."""
+    lengths = [len(r.ids) for r in rows]
+    return 1 - sum(lengths) / (len(rows) * max(lengths))
+
+
 def _admissions(lm):
     """Record generation's admissions (the prompts that take free slots together, before the next
     decoding step) and, per prompt forward, the share of its token rows that are padding."""
@@ -51,8 +57,7 @@ def _admissions(lm):
                 admissions.append(0)
                 state["decoded"] = False
             admissions[-1] += len(rows)
-            lengths = [len(r.ids) for r in rows]
-            padding.append(1 - sum(lengths) / (len(rows) * max(lengths)))
+            padding.append(_padding_share(rows))
         state["in_run"] = True
         try:
             return original(rows, head, keep)
@@ -154,8 +159,7 @@ def test_prefix_forwards_group_similar_lengths_with_the_same_results(lively, hf)
 
     def run(rows, head, keep=None):
         if keep == 0 and not head:  # a prefix forward
-            lengths = [len(r.ids) for r in rows]
-            padding.append(1 - sum(lengths) / (len(rows) * max(lengths)))
+            padding.append(_padding_share(rows))
         return original(rows, head, keep)
 
     lm._run = run
