@@ -90,7 +90,7 @@ class FastLM(TemplateLM):
         config = self.model.config
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.sliding_window = _sliding_window(config)
-        self.stop_ids = _stop_token_ids(self.model, self.tokenizer)
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self.eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         # transformers 5.24 renamed forward()'s past_key_values to cache; accept either release
         self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
@@ -622,7 +622,8 @@ def _sliding_window(config) -> int | None:
     return int(window)
 
 
-def _stop_token_ids(model, tokenizer) -> set[int]:
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """Ids that end a reply: the tokenizer's EOS and the generation config's (one id or a list)."""
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])

@@ -29,6 +29,8 @@ class TextGenerator:
         import torch
         from tqdm.auto import tqdm
 
+        from ulmr.fast_lm import stop_token_ids
+
         # The rewriter is prompted as an assistant: its chat template when it has one, else tags.
         template = PromptTemplate("chat" if getattr(self.tokenizer, "chat_template", None) else "tags")
         prompts = [render_prompt(self.tokenizer, template, text) for text in instructions]
@@ -36,7 +38,7 @@ class TextGenerator:
                    "do_sample": self.temperature > 0}
         if self.temperature > 0:
             options.update(temperature=self.temperature, top_p=1.0, top_k=0)
-        stop_ids = torch.tensor(_stop_token_ids(self.model, self.tokenizer), device=self.model.device)
+        stop_ids = torch.tensor(sorted(stop_token_ids(self.model, self.tokenizer)), device=self.model.device)
         bos = self.tokenizer.bos_token
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
@@ -69,10 +71,3 @@ def _complete_part(text: str, cut: str) -> str:
         ends = [m.end() for m in re.finditer(r"[.!?][\"')\]]*(?=\s)", text)]
         return text[:ends[-1]] if ends else ""
     return text.rpartition("\n")[0]
-
-
-def _stop_token_ids(model, tokenizer) -> list[int]:
-    """Ids that end a reply: the tokenizer's EOS and the generation config's (one id or a list)."""
-    configured = model.generation_config.eos_token_id
-    configured = configured if isinstance(configured, list) else [configured]
-    return [i for i in {tokenizer.eos_token_id, *configured} if i is not None]
