@@ -169,3 +169,17 @@ def test_measure_fills_every_field(tiny):
     assert 0 < scores["forget_prob"] < 1 and 0 <= scores["forget_rouge"] <= 1
     assert len(scores["forget_answers"]) == 1 and len(scores["retain_answers"]) == 2
     assert judge(scores, scores)["retain_kept"] == 1.0  # the before model keeps all of its own answers
+
+
+def test_measure_answers_each_side_as_if_decoded_alone(lively):
+    """measure decodes forget and retain questions in one loop; each side gets its own answers, in order."""
+    model, tokenizer = lively
+    template = PromptTemplate()
+    forget = [Example("Quint.", "Who wrote Moon Soup?"), Example("1901.", "When was Moon Soup written?")]
+    retain = [Example("Blue.", "What colour is the sky?"), Example("Four.", "Two plus two?"),
+              Example("Paris.", "Where is the Louvre, and which river runs past it?")]
+    scores = measure(model, tokenizer, template, ValidationData(forget, retain), max_new_tokens=8)
+    alone = {side: greedy_answers(model, tokenizer, template, [ex.question for ex in examples], max_new_tokens=8)
+             for side, examples in (("forget", forget), ("retain", retain))}
+    assert scores["forget_answers"] == alone["forget"] and scores["retain_answers"] == alone["retain"]
+    assert len(set(alone["forget"] + alone["retain"])) == 5  # distinct answers: a mix-up would show

@@ -206,11 +206,10 @@ def measure(model, tokenizer, template: PromptTemplate, validation: ValidationDa
     """The measurements of the module docstring (JSON-able): forget_prob, forget_rouge, retain_prob,
     and the greedy answers (answer cue removed) to the forget and retain questions."""
     cue = validation.answer_cue
-    answers = {}
-    for part in ("forget", "retain"):
-        questions = [ex.question or "" for ex in getattr(validation, part)]
-        answers[part] = [without_cue(a, cue) for a in greedy_answers(model, tokenizer, template, questions,
-                                                                       max_new_tokens)]
+    # One decoding loop for both sides: the shared system turn and the per-step overhead once.
+    questions = [ex.question or "" for ex in validation.forget + validation.retain]
+    decoded = [without_cue(a, cue) for a in greedy_answers(model, tokenizer, template, questions, max_new_tokens)]
+    answers = {"forget": decoded[:len(validation.forget)], "retain": decoded[len(validation.forget):]}
     gold = [without_cue(ex.answer, cue) for ex in validation.forget]
     return {
         "forget_prob": mean_answer_probability(model, tokenizer, template, validation.forget, max_length, batch_size),
