@@ -70,8 +70,8 @@ class UlmrConfig(TrainingConfig):
             "a rejected LLM rewrite is replaced by the template-only form of the same template (so a weak rewriter "
             "still yields K rewrites per question).")})
     inference_batch_size: int = field(default=16, metadata={"help": (
-            "prompts per batch when generating and when scoring alphas (the validation answers are generated in "
-            "batches of this size too).")})
+            "prompts per batch when generating rewrites and when scoring the alphas' answer probabilities (the "
+            "validation answers decode together through the fast backend, not in batches of this size).")})
     leak_ngram: int = field(default=DEFAULT_NGRAM, metadata={"help": (
             "span length of the leak filter (ulmr.method.leak).")})
     negatives: Literal["bank", "generated", "both", "alternative"] = field(default="bank", metadata={"help": (
