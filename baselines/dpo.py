@@ -51,7 +51,7 @@ class DPO(LossUnlearner):
 
     name = "dpo"
     config_class = DPOConfig
-    needs_reference = True
+    reference_logprobs = ("preferred", "rejected")
 
     def forget_parts(self, data):
         questions = data.forget_questions
@@ -64,9 +64,6 @@ class DPO(LossUnlearner):
 
     def compute_loss(self, model, batch, reference):
         preferred, rejected = batch["preferred"], batch["rejected"]
-        with torch.no_grad():
-            ref_preferred = sequence_logprob(reference, preferred)
-            ref_rejected = sequence_logprob(reference, rejected)
-        loss = dpo_loss(sequence_logprob(model, preferred), ref_preferred,
-                        sequence_logprob(model, rejected), ref_rejected, self.config.beta)
+        loss = dpo_loss(sequence_logprob(model, preferred), preferred["reference_logprob"],
+                        sequence_logprob(model, rejected), rejected["reference_logprob"], self.config.beta)
         return {"forget": loss, **retain_term(model, batch, reference, self.config)}

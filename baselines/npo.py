@@ -45,11 +45,9 @@ class NPO(LossUnlearner):
 
     name = "npo"
     config_class = NPOConfig
-    needs_reference = True
+    reference_logprobs = ("forget",)
 
     def compute_loss(self, model, batch, reference):
         forget = batch["forget"]
-        with torch.no_grad():
-            ref_logp = sequence_logprob(reference, forget)
-        loss = npo_loss(sequence_logprob(model, forget), ref_logp, self.config.beta)
+        loss = npo_loss(sequence_logprob(model, forget), forget["reference_logprob"], self.config.beta)
         return {"forget": loss, **retain_term(model, batch, reference, self.config)}

@@ -20,7 +20,7 @@ from ulmr.prompts import PromptTemplate
 from ulmr.unlearning.batches import collate, encode_example
 from ulmr.unlearning.config import build_config
 from ulmr.unlearning.interface import Example
-from ulmr.unlearning.losses import answer_nll
+from ulmr.unlearning.losses import answer_nll, sequence_logprob
 from ulmr.unlearning.registry import get_method
 from ulmr.unlearning.training import TrainingConfig, train
 
@@ -117,7 +117,9 @@ def test_preference_losses_start_at_2_over_beta_log_2(method, tiny, task):
     batch = {name: collate([encode_example(tokenizer, task.template, ex, 512) for ex in examples[:2]],
                            tokenizer.pad_token_id) for name, examples in parts.items()}
     with torch.no_grad():
-        loss = unlearner.compute_loss(model, batch, model)["forget"]
+        for name in unlearner.reference_logprobs:  # what the loop computes from the frozen copy
+            batch[name]["reference_logprob"] = sequence_logprob(model, batch[name])
+        loss = unlearner.compute_loss(model, batch, None)["forget"]
     assert loss.item() == pytest.approx(2 / 0.2 * math.log(2), rel=1e-5)
 
 

@@ -1,6 +1,9 @@
 """`ulmr-bench run` on the smoke profile: stored results, failures recorded, resume, clean errors."""
 
 import json
+import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass
 
 import pytest
@@ -304,3 +307,28 @@ def test_the_command_line_bounds_the_cpu_primitive_caches_unless_the_user_set_th
     assert environment["LRU_CACHE_CAPACITY"] == "64"
     assert environment["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
     assert "Usage" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim; a no-op elsewhere")
+def test_released_memory_hands_a_finished_stages_heap_back_to_the_os():
+    """A TOFU evaluation left 1.85 GB resident that only trimming gave back; each run stage now starts
+    without its predecessor's freed heap."""
+    script = textwrap.dedent("""
+        import ctypes
+        from ulmr.hardware import release_freed_memory
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks from the heap, as once glibc's threshold adapted
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: free() alone never gives pages back
+        def anonymous_mb():
+            line = next(l for l in open("/proc/self/status") if l.startswith("RssAnon"))
+            return int(line.split()[1]) // 1024
+        blocks = [bytes([i % 256]) * (1 << 20) for i in range(300)]
+        pin = bytes(2048)  # a live block above them keeps the heap's top in use
+        del blocks
+        freed = anonymous_mb()
+        release_freed_memory()
+        print(freed, anonymous_mb())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    freed, released = map(int, out.split())
+    assert freed - released > 250, (freed, released)

@@ -110,6 +110,42 @@ def test_reference_is_frozen_and_never_updated(tiny):
     assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_precomputed_reference_logprobs_train_as_the_frozen_copy_would_and_free_it(tiny, dtype, monkeypatch):
+    """npo and dpo read only per-sequence log-probs of the frozen model: computed for every planned
+    micro-batch before training, they give the same losses and weights, bit for bit, as computing
+    them in each step, and the frozen copy is gone while the loop trains."""
+    import weakref
+
+    from ulmr.unlearning import training
+
+    model, tokenizer = tiny
+    config = TrainingConfig(**FAST, dtype=dtype, retain_weight=1.0)
+    start = copy.deepcopy(model)
+    copies = []
+    make_copy = training._frozen_copy
+    monkeypatch.setattr(training, "_frozen_copy", lambda m: copies.append(weakref.ref(c := make_copy(m))) or c)
+
+    def step_by_step(model, batch, reference):
+        with torch.no_grad():
+            ref = sequence_logprob(reference, batch["forget"])
+        return -(sequence_logprob(model, batch["forget"]) - ref).mean() + answer_nll(model, batch["retain"])
+
+    def precomputed(model, batch, reference):
+        assert reference is None and copies[-1]() is None  # no frozen copy in memory while training
+        ref = batch["forget"]["reference_logprob"]
+        return -(sequence_logprob(model, batch["forget"]) - ref).mean() + answer_nll(model, batch["retain"])
+
+    inline, inline_record = train(copy.deepcopy(start), tokenizer, TEMPLATE, config, step_by_step,
+                                  {"forget": FORGET}, RETAIN, reference=True)
+    ahead, ahead_record = train(copy.deepcopy(start), tokenizer, TEMPLATE, config, precomputed,
+                                {"forget": FORGET}, RETAIN, reference_logprobs=("forget",))
+    assert len(copies) == 2 and ahead_record.losses == inline_record.losses
+    assert ahead_record.tokens == inline_record.tokens and ahead_record.examples_seen == inline_record.examples_seen
+    assert all(torch.equal(v, ahead.state_dict()[k]) for k, v in inline.state_dict().items())
+    assert any(not torch.equal(v, start.state_dict()[k]) for k, v in inline.state_dict().items())
+
+
 def test_losses_project_only_from_the_first_label_and_equal_the_full_logits(tiny):
     """The losses skip the vocabulary projection of the positions before the batch's first label;
     in fp32 they equal the same losses over full logits, with and without logits_to_keep."""

@@ -1,11 +1,13 @@
 """ULMR step 4: parameter averaging, soups, and the automatic choice of alpha."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from ulmr.errors import UlmrError
 from ulmr.selection import choose_alpha
-from ulmr.unlearning.averaging import interpolate, load_weights, soup
+from ulmr.unlearning.averaging import OnDisk, interpolate, load_weights, soup
 from ulmr.unlearning.training import full_state_dict
 
 
@@ -100,3 +102,16 @@ def test_auto_alpha_breaks_ties_and_all_zero_scores_towards_the_original():
     assert choice.alpha == 0.2 and "tied with 0.4, 0.6: the smallest alpha" in choice.reason
     choice = choose_alpha([0.5, 1.0], lambda alpha: ORIGINAL, ORIGINAL)  # nothing forgotten
     assert choice.alpha == 0.5 and choice.reason.startswith("no grid alpha scored above 0")
+
+
+def test_weights_held_on_disk_come_back_bit_for_bit_and_leave_no_file(tiny):
+    """The original weights wait in a temporary file while training runs (ULMR, average_alpha)."""
+    model, _ = tiny
+    state = full_state_dict(model)
+    held = OnDisk(state)
+    folder = Path(held._folder.name)
+    assert any(folder.iterdir())
+    back = held.load()
+    assert back.keys() == state.keys() and all(torch.equal(back[k], v) and back[k].dtype == v.dtype
+                                               for k, v in state.items())
+    assert not folder.exists()

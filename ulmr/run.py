@@ -25,7 +25,7 @@ from ulmr.benchmarks.registry import Preparation, get_benchmark
 from ulmr.evaluation import evaluate, settings_from_plan
 from ulmr.profiles import Profile
 from ulmr.prompts import PromptTemplate
-from ulmr.hardware import DTYPE_TAGS, resolve_dtype
+from ulmr.hardware import DTYPE_TAGS, release_freed_memory, resolve_dtype
 from ulmr.results import RESULT_SCHEMA, content_key, provenance, stored_or_compute, write_json_atomic
 from ulmr.storage import model_identity, model_slug
 
@@ -177,6 +177,7 @@ class BenchmarkRun:
 
         def evaluated() -> dict[str, Any]:
             self.say(f"{role}: evaluating")
+            release_freed_memory()  # each stage starts from what the process holds, not the last one's peak
             result = evaluate(model_path, settings, samples_path=path.with_suffix(".samples.jsonl"),
                               model_label=self.profile.model)
             return {**result, **self.identity_fields(), "method": role, "seed": self.prep_seed, "status": "ok",
@@ -219,10 +220,12 @@ class BenchmarkRun:
 
             def unlearned_and_evaluated() -> dict[str, Any]:
                 self.say(f"{method} seed {seed}: unlearning")
+                release_freed_memory()
                 model, tokenizer = load_model(before.path, dtype="fp32")
                 outcome = method_class(config).unlearn(model, tokenizer, data)
                 unlearn_seconds = time.time() - start
                 self.say(f"{method} seed {seed}: evaluating")
+                release_freed_memory()  # the training's gradients and optimizer state
                 evaluable, eval_tokenizer = self.evaluable(outcome.model, tokenizer, method, seed)
                 settings = self.settings
                 if outcome.system_prompt is not None:  # a method that acts through the prompt (icu)

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from ulmr import __version__
 from ulmr.errors import UlmrError
+from ulmr.hardware import release_freed_memory
 from ulmr.profiles import Profile
 from ulmr.results import content_key, provenance, read_stored, stored_or_compute, write_json_atomic
 from ulmr.run import check_plan, file_slug, progress_line
@@ -185,6 +186,7 @@ class _BenchmarkTuning:
         def trained_and_scored() -> dict[str, Any]:
             self.prepared_run.say(f"tune {method} {point_label(point)}: unlearning")
             start = time.time()
+            release_freed_memory()  # the previous point's training and scoring
             model, tokenizer = load_model(before.path, dtype="fp32")
             try:
                 outcome = method_class(config).unlearn(model, tokenizer, data)

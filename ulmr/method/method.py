@@ -29,7 +29,7 @@ from ulmr.method.negatives import LLM_SOURCES, Pair, negative_responses
 from ulmr.method.rewriting import TEMPLATES, check_template_names, original_instructions, rewrite_questions
 from ulmr.selection import ALPHA_GRID, ALPHA_VALIDATION_ITEMS, auto_alpha, validation_for
 from ulmr.unlearning.config import check_range, config_to_dict
-from ulmr.unlearning.averaging import interpolate, load_weights, soup
+from ulmr.unlearning.averaging import OnDisk, interpolate, load_weights, soup
 from ulmr.unlearning.interface import AVOID_RESPONSES, Example, Unlearner, UnlearningData, UnlearningResult
 from ulmr.unlearning.losses import answer_nll, retain_term
 from ulmr.unlearning.registry import register_method
@@ -147,7 +147,7 @@ class UlmrUnlearner(Unlearner):
         pairs, generation_record = self._make_pairs(model, tokenizer, data)
         generation_record["generation_time_s"] = time.perf_counter() - started
 
-        original = full_state_dict(model) if auto or config.alpha < 1 else None
+        original = OnDisk(full_state_dict(model)) if auto or config.alpha < 1 else None
 
         forget = [Example(answer=p.response, question=p.instruction, subject=p.subject) for p in pairs]
         checkpoints, soup_steps = [], self._soup_steps(len(forget))
@@ -166,6 +166,7 @@ class UlmrUnlearner(Unlearner):
         averaging = {"alpha": 1.0, "reason": "alpha=1: no averaging", "soup_steps": sorted(soup_steps)}
         artifacts = {}
         if original is not None or checkpoints:
+            original = original.load() if original is not None else None
             unlearned = soup(checkpoints) if checkpoints else full_state_dict(model)
             del checkpoints[:]
             if auto:

@@ -21,13 +21,13 @@ import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Literal
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal
 
 import torch
 
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
-from ulmr.unlearning.averaging import interpolate, load_weights
+from ulmr.unlearning.averaging import OnDisk, interpolate, load_weights
 from ulmr.unlearning.batches import IGNORE_INDEX, Batch, batches_per_epoch, encode_example, micro_batches
 from ulmr.unlearning.config import check_range, config_to_dict
 from ulmr.unlearning.interface import Example, Unlearner, UnlearningResult, UnlearningData
@@ -168,7 +168,8 @@ class TrainingRecord:
 
 def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, loss_fn: LossFn,
           forget: dict[str, list[Example]], retain: list[Example] | None = None, *,
-          reference: bool = False, on_step: Callable[[int, Any], None] | None = None,
+          reference: bool = False, reference_logprobs: Iterable[str] = (),
+          on_step: Callable[[int, Any], None] | None = None,
           desc: str = "training",
           trainable_parameters: Callable[[Any], Iterable[torch.nn.Parameter]] | None = None):
     """Train `model` on `loss_fn` and return (trained model, TrainingRecord).
@@ -178,6 +179,11 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     retain: examples sampled to give every forget micro-batch a "retain" part of the same size.
     reference: pass a frozen copy of the model as it is now (eval mode, no gradients) to loss_fn;
         else loss_fn gets None.
+    reference_logprobs: parts whose per-sequence answer log-probs under the model as it is now the
+        loss reads, as part["reference_logprob"] ([batch], fp32). They are computed for every planned
+        micro-batch before the first step, exactly as the loss would compute them (same batches, same
+        autocast), and the frozen copy is freed before training unless `reference` keeps it: a 135M
+        model's fp32 copy is 0.54 GB of the loop's peak.
     on_step(step, model): called on every process after each optimizer step (e.g. to snapshot
         `full_state_dict(model)` for trajectory averaging); under LoRA `model` is the PEFT model.
     trainable_parameters(model): the parameters to train (default: all that require gradients, the LoRA
@@ -217,7 +223,8 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
             encode(example)
 
     model.float()  # fp32 master weights; bf16 is compute precision only (autocast)
-    frozen = _frozen_copy(model).to(device) if reference else None
+    reference_logprobs = tuple(reference_logprobs)
+    frozen = _frozen_copy(model).to(device) if reference or reference_logprobs else None
     if config.lora:
         model = _with_lora(model, config)
     model.train()
@@ -250,8 +257,13 @@ def train(model, tokenizer, template: PromptTemplate, config: TrainingConfig, lo
     tokens = 0
     parts = [*forget, "retain"] if retain else list(forget)
     seen, labelled = dict.fromkeys(parts, 0), dict.fromkeys(parts, 0)
-    bar = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_main_process)  # shown in logs too
     start = time.perf_counter()
+    if reference_logprobs:
+        stream = _with_reference_logprobs(stream, total_steps * config.grad_accum, frozen, reference_logprobs,
+                                          device, autocast, f"{desc}: reference", not accelerator.is_main_process)
+        if not reference:
+            frozen = None
+    bar = tqdm(total=total_steps, desc=desc, disable=not accelerator.is_main_process)  # shown in logs too
     try:
         for step in range(1, total_steps + 1):
             step_terms: dict[str, float] = {}
@@ -382,11 +394,14 @@ class LossUnlearner(Unlearner):
 
     A subclass sets `name` and `config_class` (a TrainingConfig subclass), implements
     `compute_loss`, and may set `needs_reference` (a frozen copy of the model before unlearning is
-    passed to compute_loss) and override `forget_parts` (which examples form the forget side).
+    passed to compute_loss), `reference_logprobs` (parts whose per-sequence log-probs under that model
+    the loss reads from part["reference_logprob"], computed before training without keeping the copy)
+    and override `forget_parts` (which examples form the forget side).
     """
 
     config_class: ClassVar[type] = TrainingConfig
     needs_reference: ClassVar[bool] = False
+    reference_logprobs: ClassVar[tuple[str, ...]] = ()
 
     def forget_parts(self, data: UnlearningData) -> dict[str, list[Example]]:
         """Named, aligned example lists batched together as the forget side (default: the data's
@@ -421,9 +436,10 @@ class LossUnlearner(Unlearner):
         validation = validation_for(data, ALPHA_VALIDATION_ITEMS, "average_alpha=auto chooses alpha",
                                     "set average_alpha to a number") if config.average_alpha == "auto" else None
         reference = self.needs_reference or (retain is not None and config.retain_loss == "kl")
-        original = full_state_dict(model) if config.average_alpha is not None else None
+        original = OnDisk(full_state_dict(model)) if config.average_alpha is not None else None
         model, record = train(model, tokenizer, data.template, config, self.compute_loss,
-                              self.forget_parts(data), retain, reference=reference, desc=self.name,
+                              self.forget_parts(data), retain, reference=reference,
+                              reference_logprobs=self.reference_logprobs, desc=self.name,
                               trainable_parameters=self.trainable_parameters)
         averaging, artifacts = self._average(model, tokenizer, data, original, validation)
         retain_record = dict(zip(("retain_loss", "retain_weight"), self.retain_objective())) if retain else {}
@@ -441,6 +457,7 @@ class LossUnlearner(Unlearner):
         from ulmr.selection import ALPHA_GRID, auto_alpha
 
         started = time.perf_counter()
+        original = original.load()
         trained = full_state_dict(model)
         averaging, artifacts = {"alpha": self.config.average_alpha, "reason": "average_alpha from the config"}, {}
         if validation is not None:
@@ -478,6 +495,27 @@ def _frozen_copy(model):
     reference = copy.deepcopy(model).eval()
     reference.requires_grad_(False)
     return reference
+
+
+def _with_reference_logprobs(stream: Iterator[Batch], n: int, frozen, parts: tuple[str, ...], device, autocast,
+                             desc: str, quiet: bool) -> Iterator[Batch]:
+    """The next n micro-batches of `stream`, each of `parts` given its "reference_logprob": the frozen
+    model's sequence_logprob on it, computed as the loss would (on the device, under the loop's
+    autocast, without gradients) and kept on the CPU with the batch."""
+    from tqdm.auto import tqdm
+
+    from ulmr.unlearning.losses import sequence_logprob
+
+    batches = []
+    for _ in tqdm(range(n), desc=desc, disable=quiet):
+        batch = next(stream)
+        for name in parts:
+            part = batch[name]
+            with autocast, torch.no_grad():
+                logprob = sequence_logprob(frozen, {k: v.to(device) for k, v in part.items()})
+            part["reference_logprob"] = logprob.cpu()
+        batches.append(batch)
+    return iter(batches)
 
 
 def _with_lora(model, config: TrainingConfig):
