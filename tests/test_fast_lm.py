@@ -230,3 +230,23 @@ def test_generation_slots_follow_the_token_budget_and_do_not_change_the_text(tin
         # prompts of 4 to 13 words: admitted together, prefilled in forwards of similar lengths
         assert max(padding) <= 0.25 and (budget == 1 or len(padding) > 1)
     assert texts[1] == texts[10_000]
+
+
+def test_an_in_memory_model_scores_as_its_checkpoint_loaded_in_the_compute_dtype(lively, tmp_path):
+    """A run evaluates unlearned models in memory (fp32 master weights) and the reference rows from
+    their folders; in bf16 both must score alike, bit for bit (fp32 weights under autocast did not)."""
+    import copy
+
+    from ulmr.fast_lm import FastLM
+    from ulmr.models import save_checkpoint
+
+    model, tokenizer = lively
+    save_checkpoint(model, tokenizer, tmp_path / "checkpoint")
+    by_path = FastLM(pretrained=str(tmp_path / "checkpoint"), dtype="bf16", device="cpu")
+    in_memory = FastLM(pretrained=copy.deepcopy(model), tokenizer=tokenizer, dtype="bf16", device="cpu")
+    requests = [Instance("loglikelihood", {}, (p, " the answer, twice: the answer."), i) for i, p in enumerate(PROMPTS)]
+    assert in_memory.loglikelihood(requests, disable_tqdm=True) == by_path.loglikelihood(requests, disable_tqdm=True)
+    generations = _generation_requests(until=["Y"])
+    assert in_memory.generate_until(generations, disable_tqdm=True) == by_path.generate_until(generations, disable_tqdm=True)
+    assert {name: b.dtype for name, b in in_memory.model.named_buffers()} == \
+        {name: b.dtype for name, b in by_path.model.named_buffers()}

@@ -59,6 +59,12 @@ class EvalSettings:
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 
+# Part of every stored result's key: bump when how a model is scored changes, so a rerun does not
+# reuse results scored the old way. 2: in-memory (unlearned) models are cast to the compute dtype,
+# as the reference rows loaded from their folders are (ulmr.fast_lm.FastLM).
+SCORING_VERSION = 2
+
+
 def settings_from_plan(benchmark: str, plan, **fixed) -> EvalSettings:
     """A benchmark plan's evaluation settings (its `eval` section, type- and range-checked, so that a
     bad value is an error naming the profile key before any model loads), plus `fixed` fields."""
@@ -91,7 +97,9 @@ LM_EVAL_MODEL_NAMES = {"fast": "ulmr-fast", "hf": "hf", "vllm": "vllm"}
 
 def evaluate(model: str | Any, settings: EvalSettings, samples_path: str | Path | None = None,
              tokenizer: Any = None, model_label: str | None = None) -> dict[str, Any]:
-    """Evaluate `model` (alias/folder/hub id, or a loaded model with its `tokenizer`)."""
+    """Evaluate `model` (alias/folder/hub id, or a loaded model with its `tokenizer`). A loaded model
+    is scored as its checkpoint loaded in `settings.dtype` would be: its weights are cast to that
+    dtype in place."""
     import lm_eval
 
     from lm_eval_tasks import TASKS_PATH

@@ -73,6 +73,23 @@ def load_model(spec: str | None, dtype: str = "auto", device: str | None = None)
     return model.to(device).eval(), tokenizer
 
 
+def cast_weights(model, dtype) -> None:
+    """Cast `model`'s floating-point weights to `dtype` in place, as from_pretrained(dtype=...) loads
+    them: parameters (tied ones once) and persistent buffers; non-persistent buffers, which the
+    model's own init makes (rotary frequencies, in fp32), keep their dtype."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            for param in module.parameters(recurse=False):
+                if param.is_floating_point() and param.dtype != dtype:
+                    param.data = param.data.to(dtype)
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if (buffer.is_floating_point() and buffer.dtype != dtype
+                        and name not in module._non_persistent_buffers_set):
+                    module.register_buffer(name, buffer.to(dtype))
+
+
 def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from ulmr import __version__
 from ulmr.errors import UlmrError, first_line
 from ulmr.benchmarks.registry import Preparation, get_benchmark
-from ulmr.evaluation import evaluate, settings_from_plan
+from ulmr.evaluation import SCORING_VERSION, evaluate, settings_from_plan
 from ulmr.profiles import Profile
 from ulmr.prompts import PromptTemplate
 from ulmr.hardware import DTYPE_TAGS, release_freed_memory, resolve_dtype
@@ -290,7 +290,8 @@ class BenchmarkRun:
         payload = {**content, "model": self.model_identity, "benchmark": self.benchmark,
                    "selection": self.selection, "template": self.template.as_options(),
                    "eval": eval_settings, "compute_dtype": self.compute_dtype,
-                   "eval_dtype": DTYPE_TAGS[resolve_dtype(self.settings.dtype)], "code_version": __version__}
+                   "eval_dtype": DTYPE_TAGS[resolve_dtype(self.settings.dtype)], "scoring": SCORING_VERSION,
+                   "code_version": __version__}
         return content_key(payload)
 
 
