@@ -183,3 +183,35 @@ def test_measure_answers_each_side_as_if_decoded_alone(lively):
              for side, examples in (("forget", forget), ("retain", retain))}
     assert scores["forget_answers"] == alone["forget"] and scores["retain_answers"] == alone["retain"]
     assert len(set(alone["forget"] + alone["retain"])) == 5  # distinct answers: a mix-up would show
+
+
+def test_auto_alpha_sees_the_answers_of_the_model_evaluation_scores(lively):
+    """alpha=auto measures each candidate in the evaluation's precision (bf16 here), its weights
+    rounded as loading the saved result in bf16 rounds them: the chosen alpha's recorded answers are
+    the evaluated model's, not those of its fp32 training weights; the model comes back in fp32."""
+    import torch
+
+    from ulmr.models import cast_weights
+    from ulmr.selection import auto_alpha
+    from ulmr.unlearning.averaging import interpolate, load_weights
+    from ulmr.unlearning.training import full_state_dict
+
+    model, tokenizer = lively
+    template = PromptTemplate()
+    original = full_state_dict(model)
+    generator = torch.Generator().manual_seed(1)
+    unlearned = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+                 for k, v in original.items()}
+    forget = [Example("Quint.", "Who wrote Moon Soup?"), Example("1901.", "When was Moon Soup written?")]
+    retain = [Example("Blue.", "What colour is the sky?"), Example("Paris.", "Where is the Louvre?")]
+    questions = [ex.question for ex in forget + retain]
+    record, answers = auto_alpha(model, tokenizer, template, unlearned, original, ValidationData(forget, retain),
+                                 "bfloat16", grid=[0.5, 1.0])
+    assert model.dtype == torch.float32
+
+    load_weights(model, interpolate(unlearned, original, record["alpha"]))  # as the method does after
+    in_fp32 = greedy_answers(model, tokenizer, template, questions)
+    cast_weights(model, torch.bfloat16)  # as evaluation scores it
+    evaluated = greedy_answers(model, tokenizer, template, questions)
+    assert answers["chosen"]["forget"] + answers["chosen"]["retain"] == evaluated
+    assert evaluated != in_fp32  # the precisions disagree here, so measuring in fp32 would show

@@ -132,3 +132,26 @@ def test_methods_without_the_grid_keys_or_with_a_tuned_parent_are_not_tuned(tmp_
     assert [r["method"] for r in summary["rows"]] == ["ga"] and summary["nothing_to_tune"] == ["icu"]
     assert summary["variants"] == {"ga-avg": "ga"} and set(summary["chosen"]) == {"ga"}
     assert "Nothing to tune" in summary_markdown(summary) and "ga-avg (ga)" in summary_markdown(summary)
+
+
+def test_grid_points_are_scored_in_the_evaluations_precision(lively):
+    """A trained candidate is measured as evaluation scores it (its weights cast to the evaluation's
+    dtype, bf16 here), not in the fp32 it trained in."""
+    import torch
+    from types import SimpleNamespace
+
+    from ulmr.selection import greedy_answers
+    from ulmr.tune import _BenchmarkTuning
+
+    model, tokenizer = lively
+    template = PromptTemplate()
+    validation = ValidationData([Example("Quint.", "Who wrote Moon Soup?")],
+                                [Example("Blue.", "What colour is the sky?"), Example("Paris.", "Where is the Louvre?")])
+    questions = [ex.question for ex in validation.forget + validation.retain]
+    in_fp32 = greedy_answers(model, tokenizer, template, questions)
+    tuning = _BenchmarkTuning.__new__(_BenchmarkTuning)  # only what scoring reads
+    tuning.prepared_run = SimpleNamespace(settings=SimpleNamespace(dtype="bf16"), template=template)
+    scores = tuning._scores(model, validation, tokenizer)
+    assert model.dtype == torch.bfloat16
+    assert scores["forget_answers"] + scores["retain_answers"] == greedy_answers(model, tokenizer, template, questions)
+    assert scores["forget_answers"] + scores["retain_answers"] != in_fp32  # the precisions disagree here

@@ -27,6 +27,7 @@ from ulmr.profiles import Profile
 from ulmr.prompts import PromptTemplate
 from ulmr.hardware import DTYPE_TAGS, release_freed_memory, resolve_dtype
 from ulmr.results import RESULT_SCHEMA, content_key, provenance, stored_or_compute, write_json_atomic
+from ulmr.selection import SELECTION_VERSION
 from ulmr.storage import model_identity, model_slug
 
 Echo = Callable[[str], None]
@@ -214,7 +215,7 @@ class BenchmarkRun:
         try:
             config = self.profile.method_config(method, self.benchmark, seed)
             data = self.bench.unlearning_data(self.selection, self.template, self.data_dir)
-            key = self.key({"method": method, "config": config_to_dict(config),
+            key = self.key({"method": method, "config": config_to_dict(config), "selection": SELECTION_VERSION,
                             "preparation": before.record.get("key", before.path),
                             "data": _data_fingerprint(data)})
 

@@ -6,7 +6,8 @@ validation data (`ValidationData`, built by the benchmark plug-in: items the pre
 that no evaluation task scores and no method trains on). Written down before any candidate was
 scored with it:
 
-Measurements of a model m (`measure`), each a mean over the validation items:
+Measurements of a model m (`measure`), each a mean over the validation items, in the precision the
+evaluation scores m in (its weights cast to the compute dtype, as loading it in that dtype would):
     P_f(m)  answer probability of the true forget answers: exp(mean log-prob of the answer tokens
             and EOS given the prompt), teacher-forced, per item (as the evaluation's Prob);
     R_f(m)  ROUGE-L recall of m's greedy answer to each forget question against the true answer
@@ -66,7 +67,10 @@ from ulmr.prompts import PromptTemplate, render_prompt
 from ulmr.unlearning.interface import Example, UnlearningData, ValidationData
 
 GENERATION_TOKENS = 48  # new tokens of each greedy answer
-SELECTION_VERSION = 1  # part of stored tuning keys: bump when what `measure` returns changes
+# Part of the keys of stored tuning points and method results: bump when what `measure` returns, or
+# what alpha=auto chooses from, changes. 2: candidates are measured in the evaluation's precision
+# (bf16 where dtype=auto resolves to it), not in the fp32 of the trained weights.
+SELECTION_VERSION = 2
 # alpha=auto (ULMR's alpha, every loss-based method's average_alpha): the alphas scored, and the
 # validation items a side each is scored on (every alpha and the original answer all of them)
 ALPHA_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -326,21 +330,31 @@ def choose_alpha(grid, measure_at: Callable[[float], dict], original: dict) -> A
 
 
 def auto_alpha(model, tokenizer, template: PromptTemplate, unlearned: dict, original: dict,
-               validation: ValidationData, grid=ALPHA_GRID, max_length: int = 512,
+               validation: ValidationData, dtype: str, grid=ALPHA_GRID, max_length: int = 512,
                batch_size: int = 16) -> tuple[dict[str, Any], dict[str, Any]]:
     """alpha=auto: load each average alpha * unlearned + (1 - alpha) * original into `model` (the
-    original, alpha 0, first), measure it on the validation data in the model's precision, and
-    choose by `choose_alpha`. Returns the record's averaging fields (the whole curve included) and,
-    for the artifacts, the greedy validation answers of the original and of the chosen alpha.
-    `model` is left holding the last alpha scored: load the chosen one after."""
+    original, alpha 0, first), measure it on the validation data in `dtype` (a name, as
+    `TrainingRecord.compute_dtype`), the precision the evaluation scores the result in (its weights rounded to `dtype` as loading the saved model in
+    that dtype rounds them, so the chosen alpha's answers are the evaluated model's), and choose by
+    `choose_alpha`. Returns the record's averaging fields (the whole curve included) and, for the
+    artifacts, the greedy validation answers of the original and of the chosen alpha.
+    `model` is left in its own dtype holding the last alpha scored, rounded through `dtype`: load
+    the chosen one after."""
+    from ulmr.hardware import resolve_dtype
+    from ulmr.models import cast_weights
     from ulmr.unlearning.averaging import interpolate, load_weights
 
     def measure_at(alpha):
-        load_weights(model, interpolate(unlearned, original, alpha))
+        load_weights(model, interpolate(unlearned, original, alpha))  # rounded to the model's dtype
         return measure(model, tokenizer, template, validation, max_length, batch_size)
 
-    before = measure_at(0.0)
-    choice = choose_alpha(grid, measure_at, before)
+    own_dtype = model.dtype
+    cast_weights(model, resolve_dtype(dtype))
+    try:
+        before = measure_at(0.0)
+        choice = choose_alpha(grid, measure_at, before)
+    finally:
+        cast_weights(model, own_dtype)
     record = {"alpha": choice.alpha, "reason": choice.reason, "curve": choice.curve, "original": summary(before),
               "validation": {"forget": len(validation.forget), "retain": len(validation.retain),
                              "generation_tokens": GENERATION_TOKENS, "source": validation.metadata}}

@@ -205,11 +205,14 @@ class _BenchmarkTuning:
                 "seconds": stored["seconds"]}, not was_stored
 
     def _scores(self, model, validation: ValidationData, tokenizer=None) -> dict[str, Any]:
-        from ulmr.models import load_model
+        from ulmr.hardware import resolve_dtype
+        from ulmr.models import cast_weights, load_model
         from ulmr.selection import measure
 
         if isinstance(model, str):
             model, tokenizer = load_model(model, dtype="fp32")
+        # in place (a trained model is not used after): scored in the precision evaluation scores in
+        cast_weights(model, resolve_dtype(self.prepared_run.settings.dtype))
         return measure(model, tokenizer, self.prepared_run.template, validation, VALIDATION_MAX_LENGTH)
 
     def _stored_or(self, name: str, content: dict, compute: Callable[[], dict]) -> dict[str, Any]:

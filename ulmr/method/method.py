@@ -171,7 +171,8 @@ class UlmrUnlearner(Unlearner):
             del checkpoints[:]
             if auto:
                 chosen, answers = auto_alpha(model, tokenizer, data.template, unlearned, original, validation,
-                                             config.alpha_grid, config.max_length, config.inference_batch_size)
+                                             training.compute_dtype, config.alpha_grid,
+                                             config.max_length, config.inference_batch_size)
                 averaging.update(chosen)
                 artifacts["validation_answers"] = answers
             elif original is not None:

@@ -441,14 +441,14 @@ class LossUnlearner(Unlearner):
                               self.forget_parts(data), retain, reference=reference,
                               reference_logprobs=self.reference_logprobs, desc=self.name,
                               trainable_parameters=self.trainable_parameters)
-        averaging, artifacts = self._average(model, tokenizer, data, original, validation)
+        averaging, artifacts = self._average(model, tokenizer, data, original, validation, record.compute_dtype)
         retain_record = dict(zip(("retain_loss", "retain_weight"), self.retain_objective())) if retain else {}
         return UnlearningResult(model, {"method": self.name, "selection": data.name,
                                         "config": config_to_dict(config), **record.as_dict(), **retain_record,
                                         "averaging": averaging}, artifacts)
 
-    def _average(self, model, tokenizer, data: UnlearningData, original,
-                 validation) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _average(self, model, tokenizer, data: UnlearningData, original, validation,
+                 compute_dtype: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """The average_alpha post-step: load alpha * trained + (1 - alpha) * original into `model`;
         returns what the record keeps ("alpha": None when averaging is off) and, for alpha=auto, the
         artifacts (the greedy validation answers of the original and the chosen alpha)."""
@@ -462,7 +462,7 @@ class LossUnlearner(Unlearner):
         averaging, artifacts = {"alpha": self.config.average_alpha, "reason": "average_alpha from the config"}, {}
         if validation is not None:
             averaging, answers = auto_alpha(model, tokenizer, data.template, trained, original, validation,
-                                            ALPHA_GRID, self.config.max_length)
+                                            compute_dtype, ALPHA_GRID, self.config.max_length)
             artifacts["validation_answers"] = answers
         load_weights(model, interpolate(trained, original, averaging["alpha"]))
         return {**averaging, "time_s": time.perf_counter() - started}, artifacts
