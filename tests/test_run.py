@@ -89,7 +89,20 @@ def test_smoke_run_records_failures_resumes_and_survives_interrupts(tmp_path, da
         ("before", 0, "stored"), ("retain", 0, "stored"), ("ga", 1, "ok")}
     seed1 = json.loads((folder / "ga-seed1.json").read_text())
     assert seed1["preparation"]["key"] == ga["preparation"]["key"]
+    assert seed1["preparation"]["weights"] == ga["preparation"]["weights"]
     assert seed1["unlearning"]["config"]["seed"] == 1
+
+    # a cache whose target model holds other weights for the same inputs (made by other code, or
+    # another machine's cache): the rows of that model are keyed by its weights, so they are redone
+    from safetensors.torch import load_file, save_file
+
+    target = next((tmp_path / "cache" / "prepared").glob("tofu-target-*")) / "model.safetensors"
+    weights = {k: v * 1.01 if v.is_floating_point() else v for k, v in load_file(target).items()}
+    save_file(weights, target, metadata={"format": "pt"})
+    summary = run(_smoke(["ga"]), results, data_dir=str(data_dir), echo=lines.append)
+    assert {(r["method"], r["status"]) for r in summary.rows} == {("before", "ok"), ("retain", "stored"), ("ga", "ok")}
+    redone = json.loads((folder / "ga-seed0.json").read_text())["preparation"]
+    assert redone["key"] == ga["preparation"]["key"] and redone["weights"] != ga["preparation"]["weights"]
 
 
 def test_the_cli_run_writes_its_leaderboard_beside_its_results(tmp_path, data_dir, monkeypatch):

@@ -15,7 +15,7 @@ from typing import Any
 
 from ulmr.benchmarks.registry import PreparedModel
 from ulmr.prompts import PromptTemplate
-from ulmr.storage import claim, weights_fingerprint
+from ulmr.storage import PREPARATION_RECORD, claim, weights_fingerprint
 from ulmr.unlearning.interface import Example
 
 PREPARE_VERSION = 2  # bump when the recipe code changes what a cached checkpoint contains
@@ -40,7 +40,7 @@ def fine_tuned(base: str, template: PromptTemplate, examples: list[Example], rec
         "compute_dtype": str(resolve_dtype(config.dtype)),
         "examples": [(e.question, e.answer) for e in examples]})
     out = cache_dir() / "prepared" / f"{label}-{key[:16]}"
-    record_path = out / "prepare.json"
+    record_path = out / PREPARATION_RECORD
     with claim(record_path):  # a concurrent run preparing the same model: wait for it, then load it
         if record_path.is_file():
             return PreparedModel(str(out), json.loads(record_path.read_text()))

@@ -28,7 +28,7 @@ from ulmr.prompts import PromptTemplate
 from ulmr.hardware import DTYPE_TAGS, release_freed_memory, resolve_dtype
 from ulmr.results import RESULT_SCHEMA, content_key, provenance, stored_or_compute, write_json_atomic
 from ulmr.selection import SELECTION_VERSION
-from ulmr.storage import model_identity, model_slug
+from ulmr.storage import model_identity, model_slug, weights_fingerprint
 
 Echo = Callable[[str], None]
 
@@ -167,7 +167,7 @@ class BenchmarkRun:
                       tasks: list[str] | None = None) -> dict[str, Any]:
         """Evaluate a model once ("before", "retain", or "base" on the forget probes only, the
         gates' yardstick), on `tasks` (default: all of them), or load its stored result."""
-        content = {"role": role, "preparation": preparation.get("key", model_path)}
+        content = {"role": role, "preparation": weights_fingerprint(model_path)}
         settings = self.settings
         if tasks is not None:
             content["tasks"] = tasks
@@ -182,7 +182,7 @@ class BenchmarkRun:
             result = evaluate(model_path, settings, samples_path=path.with_suffix(".samples.jsonl"),
                               model_label=self.profile.model)
             return {**result, **self.identity_fields(), "method": role, "seed": self.prep_seed, "status": "ok",
-                    "preparation": _preparation_summary(preparation)}
+                    "preparation": _preparation_summary(preparation, model_path)}
 
         result, was_stored = stored_or_compute(path, self.key(content), evaluated)
         if was_stored:
@@ -216,7 +216,7 @@ class BenchmarkRun:
             config = self.profile.method_config(method, self.benchmark, seed)
             data = self.bench.unlearning_data(self.selection, self.template, self.data_dir)
             key = self.key({"method": method, "config": config_to_dict(config), "selection": SELECTION_VERSION,
-                            "preparation": before.record.get("key", before.path),
+                            "preparation": weights_fingerprint(before.path),
                             "data": _data_fingerprint(data)})
 
             def unlearned_and_evaluated() -> dict[str, Any]:
@@ -238,7 +238,7 @@ class BenchmarkRun:
                     write_json_atomic(path.with_suffix(".artifacts.json"), outcome.artifacts)
                     result["artifacts_file"] = path.with_suffix(".artifacts.json").name
                 result.update(self.identity_fields(), method=method, seed=seed, status="ok", unlearning=outcome.record,
-                              preparation=_preparation_summary(before.record))
+                              preparation=_preparation_summary(before.record, before.path))
                 result["timings"]["unlearn_seconds"] = round(unlearn_seconds, 2)
                 return result
 
@@ -308,9 +308,10 @@ def _data_fingerprint(data) -> str:
     return content_key([content, data.refusals])
 
 
-def _preparation_summary(record: dict[str, Any]) -> dict[str, Any]:
+def _preparation_summary(record: dict[str, Any], path: str) -> dict[str, Any]:
     keep = ("label", "key", "base", "n_examples", "recipe", "injected")
     summary = {k: record[k] for k in keep if k in record}
+    summary["weights"] = weights_fingerprint(path)  # what the rows are keyed by (`key` names the inputs)
     if "training" in record:
         summary["training"] = {k: record["training"][k] for k in ("steps", "time_s", "tokens", "tokens_per_s")}
         summary["training"]["final_loss"] = record["training"]["losses"][-1] if record["training"]["losses"] else None

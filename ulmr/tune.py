@@ -41,6 +41,7 @@ from ulmr.profiles import Profile
 from ulmr.results import content_key, provenance, read_stored, stored_or_compute, write_json_atomic
 from ulmr.run import check_plan, file_slug, progress_line
 from ulmr.selection import SELECTION_VERSION, best, judge, summary, validation_for
+from ulmr.storage import weights_fingerprint
 from ulmr.unlearning.interface import Example, UnlearningData, ValidationData
 
 Echo = Callable[[str], None]
@@ -139,7 +140,7 @@ class _BenchmarkTuning:
         fingerprint = _fingerprint([validation.forget, validation.retain, data.forget, data.retain,
                                     data.forget_questions]) + f"-cue{validation.answer_cue!r}"
         before_scores = self._stored_or(
-            "before", {"model": before.record.get("key", before.path), "split": fingerprint},
+            "before", {"model": weights_fingerprint(before.path), "split": fingerprint},
             lambda: self._scores(before.path, validation))
         reference = preparation.reference_model
         reference_scores = None if reference is None else self._stored_or(
@@ -177,7 +178,7 @@ class _BenchmarkTuning:
         method_class = get_method(method)
         config = self.profile.method_config(method, self.benchmark, self.seed, point, _where(point))
         content = {"method": method, "config": config_to_dict(config), "split": fingerprint,
-                   "model": before.record.get("key", before.path)}
+                   "model": weights_fingerprint(before.path)}
         key = _key(content)
         path = self.folder / method / f"{file_slug(point_label(point))}.json"
         if stored_only and read_stored(path, key) is None:
