@@ -146,7 +146,8 @@ def test_grid_points_are_scored_in_the_evaluations_precision(lively):
     model, tokenizer = lively
     template = PromptTemplate()
     validation = ValidationData([Example("Quint.", "Who wrote Moon Soup?")],
-                                [Example("Blue.", "What colour is the sky?"), Example("Paris.", "Where is the Louvre?")])
+                                [Example("Blue.", "What colour is the sky?"),
+                                 Example("Paris.", "Where is the Louvre?")])
     questions = [ex.question for ex in validation.forget + validation.retain]
     in_fp32 = greedy_answers(model, tokenizer, template, questions)
     tuning = _BenchmarkTuning.__new__(_BenchmarkTuning)  # only what scoring reads

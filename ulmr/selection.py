@@ -334,12 +334,12 @@ def auto_alpha(model, tokenizer, template: PromptTemplate, unlearned: dict, orig
                batch_size: int = 16) -> tuple[dict[str, Any], dict[str, Any]]:
     """alpha=auto: load each average alpha * unlearned + (1 - alpha) * original into `model` (the
     original, alpha 0, first), measure it on the validation data in `dtype` (a name, as
-    `TrainingRecord.compute_dtype`), the precision the evaluation scores the result in (its weights rounded to `dtype` as loading the saved model in
-    that dtype rounds them, so the chosen alpha's answers are the evaluated model's), and choose by
-    `choose_alpha`. Returns the record's averaging fields (the whole curve included) and, for the
-    artifacts, the greedy validation answers of the original and of the chosen alpha.
-    `model` is left in its own dtype holding the last alpha scored, rounded through `dtype`: load
-    the chosen one after."""
+    `TrainingRecord.compute_dtype`), the precision the evaluation scores the result in (its weights
+    rounded to `dtype` as loading the saved model in that dtype rounds them, so the chosen alpha's
+    answers are the evaluated model's), and choose by `choose_alpha`. Returns the record's
+    averaging fields (the whole curve included) and, for the artifacts, the greedy validation
+    answers of the original and of the chosen alpha. `model` is left in its own dtype holding the
+    last alpha scored, rounded through `dtype`: load the chosen one after."""
     from ulmr.hardware import resolve_dtype
     from ulmr.models import cast_weights
     from ulmr.unlearning.averaging import interpolate, load_weights

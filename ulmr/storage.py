@@ -70,15 +70,17 @@ def _why_not_writable(exc: OSError, path: Path) -> str:
 _FINGERPRINTS: dict[tuple, str] = {}
 
 
-# A prepared checkpoint's record of how it was made (timings included): beside the model, not part of it.
+# A prepared checkpoint's record of how it was made (timings included): beside the model, not
+# part of it.
 PREPARATION_RECORD = "prepare.json"
 
 
 def weights_fingerprint(model_path: str) -> str:
     """SHA-256 of a checkpoint folder's config and weight files (*.json but PREPARATION_RECORD, and
     *.safetensors; *.bin weights where the folder has no safetensors); a path that is not a folder
-    (a hub id) is returned as is. Cached per process by the files' names, sizes and modification times, so a large
-    checkpoint is read once however often it is asked for, and again only once it changes."""
+    (a hub id) is returned as is. Cached per process by the files' names, sizes and modification
+    times, so a large checkpoint is read once however often it is asked for, and again only once it
+    changes."""
     folder = Path(model_path)
     if not folder.is_dir():
         return model_path
