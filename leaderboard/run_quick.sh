@@ -8,6 +8,8 @@
 #
 #   bash leaderboard/run_quick.sh [RESULTS_DIR] [BENCHMARKS]
 #     RESULTS_DIR: default results (logs beside the results); BENCHMARKS: default "tofu rwku"
+#     ULMR_PYTHON: the interpreter (default .venv/bin/python); the code run is this checkout's
+#     (`python -m ulmr` from its root), so a git worktree without a venv can borrow another's
 #
 # Then copy the result JSONs and gzipped samples (for the per-question errors) to leaderboard/results
 # and regenerate:
@@ -18,15 +20,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-results}
 data=${ULMR_DATA_DIR:-../shared/data}
+python=${ULMR_PYTHON:-.venv/bin/python}
 mkdir -p "$results"
 pids=()
 for benchmark in ${2:-tofu rwku}; do
-  OMP_NUM_THREADS=1 .venv/bin/ulmr-bench run --benchmarks "$benchmark" --methods all --seeds 0,1,2 \
+  OMP_NUM_THREADS=1 "$python" -m ulmr run --benchmarks "$benchmark" --methods all --seeds 0,1,2 \
     --data-dir "$data" --results-dir "$results" --leaderboard-dir "$results/leaderboard-$benchmark" \
     > "$results/run-$benchmark.log" 2>&1 &
   pids+=($!)
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-.venv/bin/ulmr-bench leaderboard --results-dir "$results" --output "$results/leaderboard"
+"$python" -m ulmr leaderboard --results-dir "$results" --output "$results/leaderboard"
 exit $status

@@ -335,3 +335,12 @@ def test_results_carry_the_revision_the_process_loaded_not_the_checkout_at_write
     monkeypatch.setattr(results.subprocess, "run", no_git)
     assert results.provenance()["git_revision"] == results.LOADED_REVISION
     assert results.LOADED_REVISION is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", results.LOADED_REVISION)
+
+
+def test_recorded_commands_name_no_absolute_path_and_say_how_the_cli_was_started():
+    from ulmr.results import portable_command
+
+    here = os.getcwd()
+    argv = [f"{here}/.venv/bin/ulmr-bench", "run", "--results-dir", f"{here}/runs", f"--data-dir={here}/data"]
+    assert portable_command(argv) == "ulmr-bench run --results-dir runs --data-dir=data"
+    assert portable_command([f"{here}/ulmr/__main__.py", "tune"]) == "python -m ulmr tune"  # `python -m ulmr`

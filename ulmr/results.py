@@ -174,7 +174,10 @@ def portable_command(argv: list[str]) -> str:
             value = os.path.relpath(value)
         return f"{option}{sep}{value}"
 
-    return " ".join([Path(argv[0]).name, *map(portable, argv[1:])])
+    program = Path(argv[0])
+    # `python -m ulmr` (a checkout's code, e.g. leaderboard/run_quick.sh) runs ulmr/__main__.py
+    name = f"python -m {program.parent.name}" if program.name == "__main__.py" else program.name
+    return " ".join([name, *map(portable, argv[1:])])
 
 
 def _cpu_name() -> str:
