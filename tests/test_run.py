@@ -82,6 +82,16 @@ def test_smoke_run_records_failures_resumes_and_survives_interrupts(tmp_path, da
     assert {r["status"] for r in summary.rows} == {"stored"} and not any(r["stages"] for r in summary.rows)
     assert (folder / "ga-seed0.json").stat().st_mtime_ns == stamp
 
+    # a change to how selection measures (SELECTION_VERSION) redoes the method rows, not the references
+    with monkeypatch.context() as patched:
+        patched.setattr("ulmr.run.SELECTION_VERSION", -1)
+        summary = run(_smoke(["ga"]), results, data_dir=str(data_dir), echo=lines.append)
+    assert {(r["method"], r["status"]) for r in summary.rows} == {
+        ("before", "stored"), ("retain", "stored"), ("ga", "ok")}
+    summary = run(_smoke(["ga"]), results, data_dir=str(data_dir), echo=lines.append)  # back: redone again
+    assert {(r["method"], r["status"]) for r in summary.rows if r["method"] == "ga"} == {("ga", "ok")}
+    ga = json.loads((folder / "ga-seed0.json").read_text())
+
     # another seed later: the same prepared model and reference rows, one new method row
     profile = load_profile("smoke", {"benchmarks": ["tofu"], "methods": ["ga"], "seeds": [1]})
     summary = run(profile, results, data_dir=str(data_dir), echo=lines.append)

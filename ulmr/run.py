@@ -215,7 +215,7 @@ class BenchmarkRun:
         try:
             config = self.profile.method_config(method, self.benchmark, seed)
             data = self.bench.unlearning_data(self.selection, self.template, self.data_dir)
-            key = self.key({"method": method, "config": config_to_dict(config), "selection": SELECTION_VERSION,
+            key = self.key({"method": method, "config": config_to_dict(config), "selection_version": SELECTION_VERSION,
                             "preparation": weights_fingerprint(before.path),
                             "data": _data_fingerprint(data)})
 
