@@ -16,14 +16,13 @@ import os
 import sys
 from pathlib import Path
 
-# read when torch and its libraries load, so set before anything imports torch
-os.environ.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
+# read when torch and its libraries load, so set before anything imports torch; ULMR_CPU_BF16=0 is
+# what /proc/cpuinfo says on the AVX2-only CPU. In the environment, so that the processes
+# `run --jobs` starts run the same way.
+os.environ.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2",
+                  ULMR_CPU_BF16="0")
 # this checkout's packages, not an installed copy's (the venv may hold another worktree's)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import ulmr.hardware  # noqa: E402
-
-ulmr.hardware.cpu_has_bf16_units = lambda: False  # what /proc/cpuinfo says on the AVX2-only CPU
 
 from ulmr.cli import main  # noqa: E402
 

@@ -139,6 +139,8 @@ def test_the_cli_run_writes_its_leaderboard_beside_its_results(tmp_path, data_di
     (["run", "--profile", "smoke", "--seeds", ""], "--seeds '' has an empty item"),
     (["run", "--profile", "smoke", "--methods", "ga,,npo"], "--methods 'ga,,npo' has an empty item"),
     (["run", "--profile", "smoke", "--seeds", "0,0"], "seeds lists 0 twice"),
+    (["run", "--profile", "smoke", "--jobs", "0"], "--jobs '0' is not a positive whole number"),
+    (["run", "--profile", "smoke", "--jobs", "two"], "--jobs 'two' is not a positive whole number"),
     (["tune", "--profile", "smoke", "--set", "tofu.eval.limit=0"], "profile tofu.eval: limit=0 is out of range"),
 ])
 def test_bad_run_arguments_are_one_line_errors_before_any_work(argv, message, capsys, tmp_path):
@@ -309,6 +311,55 @@ def test_models_whose_folders_share_a_name_get_separate_results(tmp_path, tiny_p
     assert model_folder(str(first)) != model_folder(str(second))
     assert model_folder(str(first)) == model_folder(str(same))  # the same weights: the same entry
     assert model_folder(str(first)).startswith("ckpt-")
+
+
+def test_jobs_split_the_rows_between_processes_and_merge_their_summaries(tmp_path, data_dir, monkeypatch, capfd):
+    """--jobs 2: two processes, each starting on another benchmark, share one results directory;
+    every row is produced once, and recorded with the user's command."""
+    monkeypatch.setenv("ULMR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["ulmr-bench", "run", "--jobs", "2"])
+    main(["run", "--profile", "smoke", "--methods", "ga", "--seeds", "0,1", "--jobs", "2", "--data-dir",
+          str(data_dir), "--results-dir", str(tmp_path / "results")])
+    out = capfd.readouterr().out
+    assert "2 processes of" in out
+    for benchmark in ("tofu forget01", "rwku 1"):  # each row computed by one process only
+        for seed in (0, 1):
+            assert out.count(f"[{benchmark}] ga seed {seed}: unlearning") == 1, out
+        assert out.count(f"[{benchmark}] before: evaluating") == 1
+    merged = out[out.index("all 2 processes finished"):]
+    table = merged[:merged.index("\nstages: ")].splitlines()[2:]  # the merged summary's rows
+    # tofu: before, retain, ga x 2; rwku: base (the injection's yardstick), before, ga x 2
+    assert len(table) == 8 and all(" ok " in line for line in table), table
+    results = sorted((tmp_path / "results").glob("*/*/*-seed*.json"))
+    assert len(results) == 8
+    for path in results:
+        record = json.loads(path.read_text())
+        assert record["status"] == "ok" and record["provenance"]["command"] == "ulmr-bench run --jobs 2", path
+    assert (tmp_path / "results" / "leaderboard" / "leaderboard.md").is_file()
+
+
+def test_run_summaries_merge_each_row_as_the_process_that_computed_it_saw_it():
+    from ulmr.run import RunSummary
+
+    def row(method, status, seconds):
+        return {"benchmark": "tofu", "selection": "forget01", "method": method, "seed": 0, "status": status,
+                "seconds": seconds, "error": None, "stages": {"eval": seconds} if status == "ok" else {}}
+
+    first = {"rows": [row("before", "ok", 5.0), row("ga", "stored", 9.0)], "preparation_seconds": 3.0}
+    second = {"rows": [row("before", "stored", 1.0), row("ga", "ok", 8.0)], "preparation_seconds": 0.5}
+    merged = RunSummary.merged([first, second])
+    assert [(r["method"], r["status"], r["seconds"]) for r in merged.rows] == [("before", "ok", 5.0), ("ga", "ok", 8.0)]
+    assert merged.preparation_seconds == 3.5
+
+
+def test_auto_jobs_give_each_benchmark_a_core_on_a_cpu(monkeypatch):
+    from ulmr.cli import run as run_cli
+
+    monkeypatch.setattr(run_cli, "cpu_cores", lambda: 2)
+    assert run_cli.job_count("auto", 2) == 2 and run_cli.job_count("auto", 1) == 1
+    monkeypatch.setattr(run_cli, "cpu_cores", lambda: 1)
+    assert run_cli.job_count("auto", 2) == 1
+    assert run_cli.job_count("3", 1) == 3  # asked for: as many as asked
 
 
 def test_progress_line_estimates_from_the_rows_computed():

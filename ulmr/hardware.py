@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -12,8 +13,11 @@ def cpu_has_bf16_units() -> bool:
     """True when the CPU has bf16 matrix instructions (AMX or AVX512-BF16).
 
     Without them PyTorch emulates bf16 matmuls, which measured 20-100x slower than fp32 on an
-    AVX2-only EPYC here, so "bf16 where the hardware has it" must be a real check.
+    AVX2-only EPYC here, so "bf16 where the hardware has it" must be a real check. ULMR_CPU_BF16=0
+    (or 1) overrides it, for this process and those it starts (perf/as_avx2_cpu.py sets 0).
     """
+    if os.environ.get("ULMR_CPU_BF16") in ("0", "1"):
+        return os.environ["ULMR_CPU_BF16"] == "1"
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "")

@@ -143,6 +143,9 @@ def git_revision() -> str | None:
 LOADED_REVISION = git_revision()
 
 
+COMMAND_ENV = "ULMR_COMMAND"  # set by `run --jobs` for its worker processes: the command to record
+
+
 def provenance() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -155,12 +158,14 @@ def provenance() -> dict[str, Any]:
     import torch
 
     return {
-        "command": portable_command(sys.argv),
+        # the user's command, also in the processes `run --jobs` starts for it
+        "command": os.environ.get(COMMAND_ENV) or portable_command(sys.argv),
         "versions": versions,
         "git_revision": LOADED_REVISION,
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores"
                    + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+        "torch_threads": torch.get_num_threads(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -59,6 +59,24 @@ class RunSummary:
         return (f"{len(failed)} of {len(self.rows)} runs failed ({what}); the others are stored: fix the cause "
                 "and rerun, stored results are skipped")
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "preparation_seconds": self.preparation_seconds}
+
+    @classmethod
+    def merged(cls, parts: list[dict[str, Any]]) -> RunSummary:
+        """One summary of runs that split the rows between them (`ulmr-bench run --jobs`): each row
+        once, as the run that computed it saw it (the others found it stored); their preparations'
+        seconds added up."""
+        merged, by_row = cls(), {}
+        for part in parts:
+            merged.preparation_seconds += part["preparation_seconds"]
+            for row in part["rows"]:
+                key = (row["benchmark"], row["selection"], row["method"], row["seed"])
+                if key not in by_row or by_row[key]["status"] == "stored":
+                    by_row[key] = row
+        merged.rows = list(by_row.values())
+        return merged
+
     def format(self) -> str:
         def cell(row, stage):
             return f"{row['stages'][stage]:>9.1f}" if stage in row["stages"] else f"{'':>9}"

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -20,8 +26,14 @@ from ulmr.cli.options import data_dir_option, profile_overrides, profile_selecti
                    "RESULTS_DIR/leaderboard; the committed leaderboard/ is regenerated only on purpose).")
 @click.option("--backend", type=click.Choice(["fast", "hf", "vllm"]), default="fast", show_default=True,
               help="Evaluation backend; vllm saves each unlearned model and scores it with lm-eval's vLLM model.")
+@click.option("--jobs", default="auto", show_default=True,
+              help="Processes that share the rows, the CPU cores split among them (each starts on another "
+                   "benchmark and takes the rows no other is producing). auto: one per benchmark, at most one "
+                   "per core; 1 on a GPU or under a data-parallel launcher.")
+@click.option("--worker-summary", hidden=True, type=click.Path(dir_okay=False),
+              help="Set by --jobs for the processes it starts: write the run's summary here, no leaderboard.")
 def run_command(profile, methods, benchmarks, seeds, model, set_options, data_dir, results_dir, leaderboard_dir,
-                backend):
+                backend, jobs, worker_summary):
     """Prepare models, unlearn with each method and seed, evaluate, store, regenerate the leaderboard."""
     from ulmr.profiles import load_profile
     from ulmr.run import check_plan, run
@@ -29,11 +41,77 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
 
     chosen = load_profile(profile, profile_overrides(methods, benchmarks, seeds, model, set_options))
     check_plan(chosen)  # then the output folders: all before any work
+    processes = job_count(jobs, len(chosen.benchmarks))
     check_writable(results_dir, what="--results-dir")
     leaderboard_dir = check_writable(leaderboard_dir or Path(results_dir) / "leaderboard", what="--leaderboard-dir")
+    if worker_summary:
+        summary = run(chosen, results_dir, data_dir=data_dir, backend=backend, echo=click.echo)
+        Path(worker_summary).write_text(json.dumps(summary.as_dict()))
+        return
     click.echo(f"profile {chosen.name}: {chosen.model}, benchmarks {','.join(chosen.benchmarks)}, "
-               f"methods {','.join(chosen.methods)}, seeds {','.join(map(str, chosen.seeds))}")
-    summary = run(chosen, results_dir, data_dir=data_dir, backend=backend, echo=click.echo)
+               f"methods {','.join(chosen.methods)}, seeds {','.join(map(str, chosen.seeds))}"
+               + (f"; {processes} processes of {cpu_cores() // processes} threads" if processes > 1 else ""))
+    if processes > 1:
+        worker_args = ["--profile", profile, "--results-dir", str(results_dir), "--backend", backend,
+                       *(["--methods", methods] if methods else []), *(["--seeds", seeds] if seeds else []),
+                       *(["--model", model] if model else []), *(["--data-dir", str(data_dir)] if data_dir else []),
+                       *[arg for pair in set_options for arg in ("--set", pair)]]
+        started = time.time()
+        summary = run_in_processes(chosen.benchmarks, worker_args, processes)
+        click.echo(f"\nall {processes} processes finished in {time.time() - started:.0f} s\n{summary.format()}")
+    else:
+        summary = run(chosen, results_dir, data_dir=data_dir, backend=backend, echo=click.echo)
     build_and_report(results_dir, leaderboard_dir, label="leaderboard: ")
     if summary.failure():
         raise UlmrError(summary.failure())
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def job_count(jobs: str, benchmarks: int) -> int:
+    """--jobs as a number of processes: auto splits a CPU's cores between the benchmarks."""
+    if jobs != "auto":
+        if not jobs.isdigit() or int(jobs) < 1:
+            raise UlmrError(f"--jobs {jobs!r} is not a positive whole number: pass e.g. --jobs 2, or auto")
+        return int(jobs)
+    from ulmr.hardware import default_device, launched_processes
+
+    if launched_processes() > 1 or default_device() != "cpu":
+        return 1
+    return max(1, min(benchmarks, cpu_cores()))
+
+
+def run_in_processes(benchmarks: list[str], worker_args: list[str], processes: int):
+    """Run the same job in `processes` processes on one results directory, each with an equal share of
+    the cores and the benchmarks in another order (process k starts on benchmark k): the results
+    directory's claims give each row to one of them (ulmr.storage). Their output goes to this
+    console, each line naming its benchmark; returns their merged summary."""
+    from ulmr.run import RunSummary
+
+    from ulmr.results import COMMAND_ENV, portable_command
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cpu_cores() // processes)),
+           COMMAND_ENV: portable_command(sys.argv)}
+    with tempfile.TemporaryDirectory(prefix="ulmr-run-") as scratch:
+        summaries = [Path(scratch) / f"worker{k}.json" for k in range(processes)]
+        workers = []
+        try:
+            for k, summary_path in enumerate(summaries):
+                order = benchmarks[k % len(benchmarks):] + benchmarks[:k % len(benchmarks)]
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "ulmr", "run", *worker_args, "--benchmarks", ",".join(order),
+                     "--jobs", "1", "--worker-summary", str(summary_path)], env=env))
+            codes = [worker.wait() for worker in workers]
+        finally:  # stopped here (Ctrl-C): stop the workers too; their finished rows are stored
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.terminate()
+                    worker.wait()
+        stopped = [k for k, code in enumerate(codes) if code != 0 or not summaries[k].is_file()]
+        if stopped:
+            raise UlmrError(f"{len(stopped)} of {processes} run processes stopped early (exit code "
+                            f"{codes[stopped[0]]}; its error is above): fix the cause and rerun, stored rows are "
+                            "skipped")
+        return RunSummary.merged([json.loads(path.read_text()) for path in summaries])
