@@ -2,12 +2,12 @@
 # The committed quick-profile leaderboard: every registered method x seeds 0,1,2 on TOFU forget01
 # and RWKU target 1, with the learning rates of ulmr/profiles/quick.yaml, which come from
 #   ulmr-bench tune --benchmarks <b> --methods all --data-dir ../shared/data --results-dir RESULTS_DIR
-# (tables in leaderboard/tuning/). TOFU and RWKU run as two single-threaded processes: on the 2-core
-# development CPU that does about 1.3x the work of one two-threaded process. Resumable: run it again
-# and it skips every stored result.
+# (tables in leaderboard/tuning/). `--jobs 2`: two processes share the rows, each with half the cores
+# (on the 2-core development CPU, one thread each). Resumable: run it again and it skips every stored
+# result.
 #
 #   bash leaderboard/run_quick.sh [RESULTS_DIR] [BENCHMARKS]
-#     RESULTS_DIR: default results (logs beside the results); BENCHMARKS: default "tofu rwku"
+#     RESULTS_DIR: default results (the log beside the results); BENCHMARKS: default "tofu,rwku"
 #     ULMR_PYTHON: the interpreter (default .venv/bin/python); the code run is this checkout's
 #     (`python -m ulmr` from its root), so a git worktree without a venv can borrow another's
 #
@@ -22,14 +22,5 @@ results=${1:-results}
 data=${ULMR_DATA_DIR:-../shared/data}
 python=${ULMR_PYTHON:-.venv/bin/python}
 mkdir -p "$results"
-pids=()
-for benchmark in ${2:-tofu rwku}; do
-  OMP_NUM_THREADS=1 "$python" -m ulmr run --benchmarks "$benchmark" --methods all --seeds 0,1,2 \
-    --data-dir "$data" --results-dir "$results" --leaderboard-dir "$results/leaderboard-$benchmark" \
-    > "$results/run-$benchmark.log" 2>&1 &
-  pids+=($!)
-done
-status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-"$python" -m ulmr leaderboard --results-dir "$results" --output "$results/leaderboard"
-exit $status
+"$python" -m ulmr run --benchmarks "${2:-tofu,rwku}" --methods all --seeds 0,1,2 --jobs 2 --data-dir "$data" \
+  --results-dir "$results" > "$results/run.log" 2>&1

@@ -144,3 +144,21 @@ def test_undecodable_refusal_bank_is_a_one_line_error(corrupt_data):
     with pytest.raises(UlmrError, match=r"idontknow.jsonl is not UTF-8 text") as err:
         load_idontknow(root)
     assert "\n" not in str(err.value)
+
+
+def test_ulmr_cpu_bf16_overrides_the_cpus_own_answer_for_dtype_auto(monkeypatch):
+    """perf/as_avx2_cpu.py sets ULMR_CPU_BF16=0 so that `run --jobs`'s worker processes resolve auto alike."""
+    import torch
+
+    from ulmr import hardware
+
+    hardware.cpu_has_bf16_units.cache_clear()
+    try:
+        monkeypatch.setenv("ULMR_CPU_BF16", "0")
+        assert hardware.resolve_dtype("auto", "cpu") == torch.float32
+        hardware.cpu_has_bf16_units.cache_clear()
+        monkeypatch.setenv("ULMR_CPU_BF16", "1")
+        assert hardware.resolve_dtype("auto", "cpu") == torch.bfloat16
+    finally:
+        monkeypatch.delenv("ULMR_CPU_BF16")
+        hardware.cpu_has_bf16_units.cache_clear()

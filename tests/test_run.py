@@ -328,10 +328,10 @@ def test_jobs_split_the_rows_between_processes_and_merge_their_summaries(tmp_pat
         assert out.count(f"[{benchmark}] before: evaluating") == 1
     merged = out[out.index("all 2 processes finished"):]
     table = merged[:merged.index("\nstages: ")].splitlines()[2:]  # the merged summary's rows
-    # tofu: before, retain, ga x 2; rwku: base (the injection's yardstick), before, ga x 2
-    assert len(table) == 8 and all(" ok " in line for line in table), table
+    # tofu: before, retain, ga x 2; rwku (injected on the profile's say, no base row): before, ga x 2
+    assert len(table) == 7 and all(" ok " in line for line in table), table
     results = sorted((tmp_path / "results").glob("*/*/*-seed*.json"))
-    assert len(results) == 8
+    assert len(results) == 7
     for path in results:
         record = json.loads(path.read_text())
         assert record["status"] == "ok" and record["provenance"]["command"] == "ulmr-bench run --jobs 2", path
