@@ -50,7 +50,7 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
         return
     click.echo(f"profile {chosen.name}: {chosen.model}, benchmarks {','.join(chosen.benchmarks)}, "
                f"methods {','.join(chosen.methods)}, seeds {','.join(map(str, chosen.seeds))}"
-               + (f"; {processes} processes of {cpu_cores() // processes} threads" if processes > 1 else ""))
+               + (f"; {processes} processes of {threads_each(processes)} threads" if processes > 1 else ""))
     if processes > 1:
         worker_args = ["--profile", profile, "--results-dir", str(results_dir), "--backend", backend,
                        *(["--methods", methods] if methods else []), *(["--seeds", seeds] if seeds else []),
@@ -68,6 +68,10 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
 
 def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def threads_each(processes: int) -> int:
+    return max(1, cpu_cores() // processes)
 
 
 def job_count(jobs: str, benchmarks: int) -> int:
@@ -92,7 +96,7 @@ def run_in_processes(benchmarks: list[str], worker_args: list[str], processes: i
 
     from ulmr.results import COMMAND_ENV, portable_command
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cpu_cores() // processes)),
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_each(processes)),
            COMMAND_ENV: portable_command(sys.argv)}
     with tempfile.TemporaryDirectory(prefix="ulmr-run-") as scratch:
         summaries = [Path(scratch) / f"worker{k}.json" for k in range(processes)]
