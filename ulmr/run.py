@@ -59,14 +59,11 @@ class RunSummary:
         return (f"{len(failed)} of {len(self.rows)} runs failed ({what}); the others are stored: fix the cause "
                 "and rerun, stored results are skipped")
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "preparation_seconds": self.preparation_seconds}
-
     @classmethod
     def merged(cls, parts: list[dict[str, Any]]) -> RunSummary:
-        """One summary of runs that split the rows between them (`ulmr-bench run --jobs`): each row
-        once, as the run that computed it saw it (the others found it stored); their preparations'
-        seconds added up."""
+        """One summary of runs that split the rows between them (`ulmr-bench run --jobs`; each part a
+        `dataclasses.asdict` of a RunSummary): each row once, as the run that computed it saw it (the
+        others found it stored); their preparations' seconds added up."""
         merged, by_row = cls(), {}
         for part in parts:
             merged.preparation_seconds += part["preparation_seconds"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -44,13 +45,10 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
     processes = job_count(jobs, len(chosen.benchmarks))
     check_writable(results_dir, what="--results-dir")
     leaderboard_dir = check_writable(leaderboard_dir or Path(results_dir) / "leaderboard", what="--leaderboard-dir")
-    if worker_summary:
-        summary = run(chosen, results_dir, data_dir=data_dir, backend=backend, echo=click.echo)
-        Path(worker_summary).write_text(json.dumps(summary.as_dict()))
-        return
-    click.echo(f"profile {chosen.name}: {chosen.model}, benchmarks {','.join(chosen.benchmarks)}, "
-               f"methods {','.join(chosen.methods)}, seeds {','.join(map(str, chosen.seeds))}"
-               + (f"; {processes} processes of {threads_each(processes)} threads" if processes > 1 else ""))
+    if not worker_summary:  # the process that started it said so
+        click.echo(f"profile {chosen.name}: {chosen.model}, benchmarks {','.join(chosen.benchmarks)}, "
+                   f"methods {','.join(chosen.methods)}, seeds {','.join(map(str, chosen.seeds))}"
+                   + (f"; {processes} processes of {threads_each(processes)} threads" if processes > 1 else ""))
     if processes > 1:
         worker_args = ["--profile", profile, "--results-dir", str(results_dir), "--backend", backend,
                        *(["--methods", methods] if methods else []), *(["--seeds", seeds] if seeds else []),
@@ -61,6 +59,9 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
         click.echo(f"\nall {processes} processes finished in {time.time() - started:.0f} s\n{summary.format()}")
     else:
         summary = run(chosen, results_dir, data_dir=data_dir, backend=backend, echo=click.echo)
+    if worker_summary:  # the starting process merges the summaries and builds the leaderboard
+        Path(worker_summary).write_text(json.dumps(dataclasses.asdict(summary)))
+        return
     build_and_report(results_dir, leaderboard_dir, label="leaderboard: ")
     if summary.failure():
         raise UlmrError(summary.failure())
@@ -92,9 +93,8 @@ def run_in_processes(benchmarks: list[str], worker_args: list[str], processes: i
     the cores and the benchmarks in another order (process k starts on benchmark k): the results
     directory's claims give each row to one of them (ulmr.storage). Their output goes to this
     console, each line naming its benchmark; returns their merged summary."""
-    from ulmr.run import RunSummary
-
     from ulmr.results import COMMAND_ENV, portable_command
+    from ulmr.run import RunSummary
 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads_each(processes)),
            COMMAND_ENV: portable_command(sys.argv)}
