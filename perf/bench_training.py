@@ -2,6 +2,7 @@
 
     python perf/bench_training.py --data-dir ../shared/data [--methods ga,npo] [--dtypes fp32,bf16]
                                         [--steps 1] [--batch-size 2] [--random-init]
+                                        [--gradient-checkpointing off|on|both]
 
 For every method and compute dtype, in a fresh process (so that peak memory is that run's own):
 load the model, unlearn TOFU forget01 for one warm-up step (GPU only: kernel selection), then time
@@ -9,7 +10,8 @@ load the model, unlearn TOFU forget01 for one warm-up step (GPU only: kernel sel
 model, the FLOP floor (6 x parameters x tokens at this machine's measured matmul rate in that dtype),
 the share of that rate reached, and peak memory (GPU: allocated; CPU: resident, model load
 included). NPO and DPO also run the frozen reference forward (2 x parameters x forget tokens more),
-so they top out near 3/4 of the floor's rate.
+so they top out near 3/4 of the floor's rate. --gradient-checkpointing both runs each method with
+and without TrainingConfig.gradient_checkpointing (same weights; less memory, one more forward).
 
 By default bf16 runs only where the hardware computes it natively (ulmr.hardware): on AVX2-only
 CPUs it is emulated, ~50x slower. --random-init builds the model from the checkpoint's config with
@@ -29,7 +31,7 @@ METHODS = ("ga", "graddiff", "npo", "dpo", "rt")
 
 
 def run_one(model_spec: str, random_init: bool, data_dir: str | None, method: str, dtype: str,
-            steps: int, batch_size: int) -> dict:
+            steps: int, batch_size: int, gradient_checkpointing: bool) -> dict:
     """One method and dtype: a warm-up step, then the timed steps; returns the training record."""
     import baselines  # noqa: F401  (registers the methods also where the package is not installed)
     from ulmr.hardware import default_device
@@ -50,7 +52,8 @@ def run_one(model_spec: str, random_init: bool, data_dir: str | None, method: st
         model, tokenizer = load_model(model_spec, dtype="fp32")
     task = get_benchmark("tofu").unlearning_data("forget01", PromptTemplate(), data_dir)
     method_class = get_method(method)
-    settings = {"batch_size": batch_size, "grad_accum": 1, "dtype": dtype, "warmup_ratio": 0.0}
+    settings = {"batch_size": batch_size, "grad_accum": 1, "dtype": dtype, "warmup_ratio": 0.0,
+                "gradient_checkpointing": gradient_checkpointing}
     for max_steps in ([1] if default_device() == "cuda" else []) + [steps]:
         config = build_config(method_class.config_class, {**settings, "max_steps": max_steps})
         result = method_class(config).unlearn(model, tokenizer, task)
@@ -67,6 +70,7 @@ def main():
                                                         "where the hardware has bf16 units)")
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--gradient-checkpointing", choices=("off", "on", "both"), default="off")
     args = parser.parse_args()
 
     from ulmr.hardware import default_device, fast_dtype, matmul_flops
@@ -80,20 +84,22 @@ def main():
           f"batch {args.batch_size}, {args.steps} timed step(s)")
     if "bf16" not in dtypes:
         print("bf16 skipped: this hardware has no native bf16 (force it with --dtypes fp32,bf16)")
-    header = (f"{'method':<10}{'dtype':<7}{'tokens':>8}{'sec':>9}{'tok/s':>10}{'floor s':>10}{'% floor':>9}"
+    checkpointing = {"off": [False], "on": [True], "both": [False, True]}[args.gradient_checkpointing]
+    header = (f"{'method':<10}{'dtype':<7}{'ckpt':<6}{'tokens':>8}{'sec':>9}{'tok/s':>10}{'floor s':>10}{'% floor':>9}"
               f"{'peak MiB':>10}")
     print(header)
     print("-" * len(header))
     spawn = multiprocessing.get_context("spawn")  # CUDA-safe
     for method in args.methods.split(","):
         for dtype in dtypes:
-            with ProcessPoolExecutor(1, mp_context=spawn) as fresh_process:
-                record = fresh_process.submit(run_one, args.model, args.random_init, args.data_dir, method, dtype,
-                                              args.steps, args.batch_size).result()
-            floor = 6 * record["trainable_params"] * record["tokens"] / rates[dtype]
-            print(f"{method:<10}{dtype:<7}{record['tokens']:>8}{record['time_s']:>9.2f}"
-                  f"{record['tokens_per_s']:>10.0f}{floor:>10.3f}{100 * floor / record['time_s']:>8.1f}%"
-                  f"{record['peak_memory_bytes'] / 2**20:>10.0f}")
+            for recompute in checkpointing:
+                with ProcessPoolExecutor(1, mp_context=spawn) as fresh_process:
+                    record = fresh_process.submit(run_one, args.model, args.random_init, args.data_dir, method,
+                                                  dtype, args.steps, args.batch_size, recompute).result()
+                floor = 6 * record["trainable_params"] * record["tokens"] / rates[dtype]
+                print(f"{method:<10}{dtype:<7}{'on' if recompute else 'off':<6}{record['tokens']:>8}"
+                      f"{record['time_s']:>9.2f}{record['tokens_per_s']:>10.0f}{floor:>10.3f}"
+                      f"{100 * floor / record['time_s']:>8.1f}%{record['peak_memory_bytes'] / 2**20:>10.0f}")
 
 
 if __name__ == "__main__":

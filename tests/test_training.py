@@ -4,6 +4,7 @@ the divergence guard, method discovery and config errors, and the `ulmr-bench un
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import sys
@@ -236,6 +237,35 @@ def test_lora_trains_adapters_and_merges_them_into_a_plain_model(tiny):
     assert torch.equal(after["model.norm.weight"], before["model.norm.weight"])  # not adapted
     # full_state_dict of the PEFT model during training equals the merged weights at the end
     assert all(torch.allclose(snapshots[-1][k], v, atol=1e-6) for k, v in after.items())
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_gradient_checkpointing_trains_the_same_weights_bit_for_bit_and_keys_alike(tiny, dtype):
+    """Recomputing activations in the backward pass saves memory and changes nothing: the same losses
+    and weights, and the same key for stored work (a cached run finds its results with it on)."""
+    from ulmr.unlearning.config import config_key
+
+    model, tokenizer = tiny
+    plain, checkpointed = TrainingConfig(**FAST, dtype=dtype), TrainingConfig(**FAST, dtype=dtype,
+                                                                              gradient_checkpointing=True)
+    start = copy.deepcopy(model)
+
+    def trained_with(config):  # and how often the first layer's MLP ran forward
+        copied, calls = copy.deepcopy(start), []
+        mlp = copied.model.layers[0].mlp
+        mlp.forward = functools.partial(lambda forward, *args, **kwargs: calls.append(1) or forward(*args, **kwargs),
+                                        mlp.forward)
+        return *train(copied, tokenizer, TEMPLATE, config, nll_loss, {"forget": FORGET}), len(calls)
+
+    expected, expected_record, forwards = trained_with(plain)
+    trained, record, checkpointed_forwards = trained_with(checkpointed)
+    assert checkpointed_forwards == 2 * forwards  # each layer recomputed once in the backward pass
+    assert record.losses == expected_record.losses
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in expected.state_dict().items())
+    # evaluation after training runs the plain forward
+    assert not any(getattr(module, "gradient_checkpointing", False) for module in trained.modules())
+    assert config_key(checkpointed) == config_key(plain)
+    assert config_key(TrainingConfig(**{**FAST, "lr": 2e-3})) != config_key(plain)
 
 
 def test_bf16_autocast_runs(tiny):

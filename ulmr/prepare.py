@@ -27,7 +27,7 @@ def fine_tuned(base: str, template: PromptTemplate, examples: list[Example], rec
     from ulmr.hardware import resolve_dtype
     from ulmr.models import cache_dir, load_model, resolve_model, save_checkpoint
     from ulmr.results import content_key, write_json_atomic
-    from ulmr.unlearning.config import build_config, config_to_dict
+    from ulmr.unlearning.config import build_config, config_key, config_to_dict
     from ulmr.unlearning.losses import answer_nll
     from ulmr.unlearning.training import TrainingConfig, train
 
@@ -35,7 +35,7 @@ def fine_tuned(base: str, template: PromptTemplate, examples: list[Example], rec
     base_path = resolve_model(base)
     key = content_key({
         "version": PREPARE_VERSION, "label": label, "base": weights_fingerprint(base_path),
-        "template": template.as_options(), "recipe": config_to_dict(config),
+        "template": template.as_options(), "recipe": config_key(config),
         # "auto" trains in bf16 on some CPUs and fp32 on others: different models, different entries
         "compute_dtype": str(resolve_dtype(config.dtype)),
         "examples": [(e.question, e.answer) for e in examples]})

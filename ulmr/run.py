@@ -221,7 +221,7 @@ class BenchmarkRun:
         """Unlearn, evaluate and store one row (or find it stored); False when wait is False and
         another process is producing it."""
         from ulmr.models import load_model
-        from ulmr.unlearning.config import config_to_dict
+        from ulmr.unlearning.config import config_key
         from ulmr.unlearning.registry import get_method
 
         method_class = get_method(method)
@@ -230,7 +230,7 @@ class BenchmarkRun:
         try:
             config = self.profile.method_config(method, self.benchmark, seed)
             data = self.bench.unlearning_data(self.selection, self.template, self.data_dir)
-            key = self.key({"method": method, "config": config_to_dict(config), "selection_version": SELECTION_VERSION,
+            key = self.key({"method": method, "config": config_key(config), "selection_version": SELECTION_VERSION,
                             "preparation": weights_fingerprint(before.path),
                             "data": _data_fingerprint(data)})
 

@@ -172,12 +172,12 @@ class _BenchmarkTuning:
         """(the grid point's row, whether it was trained now rather than read back); (None, False)
         for a point not stored yet under stored_only."""
         from ulmr.models import load_model
-        from ulmr.unlearning.config import config_to_dict
+        from ulmr.unlearning.config import config_key
         from ulmr.unlearning.registry import get_method
 
         method_class = get_method(method)
         config = self.profile.method_config(method, self.benchmark, self.seed, point, _where(point))
-        content = {"method": method, "config": config_to_dict(config), "split": fingerprint,
+        content = {"method": method, "config": config_key(config), "split": fingerprint,
                    "model": weights_fingerprint(before.path)}
         key = _key(content)
         path = self.folder / method / f"{file_slug(point_label(point))}.json"

@@ -136,6 +136,18 @@ def config_to_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# field metadata of a setting that changes how a result is computed, never the result (e.g. gradient
+# checkpointing: the same weights bit for bit); such settings stay out of the keys of stored work
+SAME_RESULT = "same_result"
+
+
+def config_key(config) -> dict[str, Any]:
+    """The config as stored work is keyed by: every field but the SAME_RESULT ones, so that turning
+    one on finds the results, grid points and prepared models computed without it."""
+    neutral = {f.name for f in dataclasses.fields(config) if f.metadata.get(SAME_RESULT)}
+    return {name: value for name, value in dataclasses.asdict(config).items() if name not in neutral}
+
+
 def _coerce(value, hint, where):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
