@@ -110,3 +110,17 @@ def test_evaluation_sharded_across_two_processes_equals_one_process(tmp_path, da
            [(r["doc_id"], r["filtered_resps"]) for r in samples[1] if "rouge" in r["task"]]
     if backend == "fast":  # the first process did about half the single process's work
         assert two["timings"]["work"]["forward_tokens"] < 0.75 * one["timings"]["work"]["forward_tokens"]
+
+
+def test_the_cli_leaves_its_process_group_when_a_command_ends(tmp_path):
+    """A launched command's process group is destroyed by `main` itself, not left to the interpreter's
+    teardown (where one rank once aborted after writing its results)."""
+    import torch.distributed as dist
+
+    from ulmr.cli import main
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    with pytest.raises(SystemExit):  # the error path leaves it too
+        main(["eval", "--model", "tiny-random", "--backend", "no-such-backend"])
+    assert not dist.is_initialized()

@@ -95,8 +95,8 @@ class TrainingConfig:
             "passages, and padding to the longest row of a random batch made it compute 1.63 tokens per real one.")})
     gradient_checkpointing: bool = field(default=False, metadata={SAME_RESULT: True, "help": (
             "keep only each layer's input through the forward pass and recompute the rest in the backward: "
-            "about 1 GB less at the quick profile's micro-batches for one more forward pass each, and the "
-            "same losses and weights bit for bit (so stored results are keyed without it).")})
+            "the same losses and weights bit for bit (so stored results are keyed without it), less memory "
+            "the longer the micro-batch (TOFU's of 4: 0.24 GiB less, 11-15 % slower; perf/README.md).")})
     average_alpha: float | Literal["auto"] | None = field(default=None, metadata={"help": (
             "a post-step of every loss-based method (LossUnlearner): after training, theta = alpha * theta_trained + "
             "(1 - alpha) * theta_original (ulmr.unlearning.averaging; 0 = the original model, 1 = the trained one); "
