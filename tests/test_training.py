@@ -4,7 +4,6 @@ the divergence guard, method discovery and config errors, and the `ulmr-bench un
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import sys
@@ -253,8 +252,8 @@ def test_gradient_checkpointing_trains_the_same_weights_bit_for_bit_and_keys_ali
     def trained_with(config):  # and how often the first layer's MLP ran forward
         copied, calls = copy.deepcopy(start), []
         mlp = copied.model.layers[0].mlp
-        mlp.forward = functools.partial(lambda forward, *args, **kwargs: calls.append(1) or forward(*args, **kwargs),
-                                        mlp.forward)
+        forward = mlp.forward
+        mlp.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
         return *train(copied, tokenizer, TEMPLATE, config, nll_loss, {"forget": FORGET}), len(calls)
 
     expected, expected_record, forwards = trained_with(plain)

@@ -508,7 +508,10 @@ def _checkpoint_activations(model, on: bool) -> None:
     else:
         enable, disable, kwargs = (model.gradient_checkpointing_enable, model.gradient_checkpointing_disable,
                                    "gradient_checkpointing_kwargs")
-    enable(**{kwargs: {"use_reentrant": False}}) if on else disable()
+    if on:
+        enable(**{kwargs: {"use_reentrant": False}})
+    else:
+        disable()
 
 
 def _frozen_copy(model):
