@@ -314,19 +314,24 @@ def test_models_whose_folders_share_a_name_get_separate_results(tmp_path, tiny_p
 
 
 def test_jobs_split_the_rows_between_processes_and_merge_their_summaries(tmp_path, data_dir, monkeypatch, capfd):
-    """--jobs 2: two processes, each starting on another benchmark, share one results directory;
-    every row is produced once, and recorded with the user's command."""
+    """--jobs 2: one process prepares every benchmark's models first, then two processes, each
+    starting on another benchmark, share one results directory; every row is produced once, and
+    recorded with the user's command."""
     monkeypatch.setenv("ULMR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "argv", ["ulmr-bench", "run", "--jobs", "2"])
     main(["run", "--profile", "smoke", "--methods", "ga", "--seeds", "0,1", "--jobs", "2", "--data-dir",
           str(data_dir), "--results-dir", str(tmp_path / "results")])
     out = capfd.readouterr().out
-    assert "2 processes of" in out
+    assert "then 2 processes of" in out
+    # the models first, each benchmark's once, before any row is evaluated
+    trained = [out.index(f"[{benchmark}] models prepared in") for benchmark in ("tofu forget01", "rwku 1")]
+    assert all(out.count(f"[{benchmark}] models prepared in") == 1 for benchmark in ("tofu forget01", "rwku 1"))
+    assert max(trained) < out.index("before: evaluating"), out
     for benchmark in ("tofu forget01", "rwku 1"):  # each row computed by one process only
         for seed in (0, 1):
             assert out.count(f"[{benchmark}] ga seed {seed}: unlearning") == 1, out
         assert out.count(f"[{benchmark}] before: evaluating") == 1
-    merged = out[out.index("all 2 processes finished"):]
+    merged = out[out.index("the models and 2 processes finished"):]
     table = merged[:merged.index("\nstages: ")].splitlines()[2:]  # the merged summary's rows
     # tofu: before, retain, ga x 2; rwku (injected on the profile's say, no base row): before, ga x 2
     assert len(table) == 7 and all(" ok " in line for line in table), table

@@ -104,7 +104,8 @@ def progress_line(done: int, total: int, computed_seconds: list[float]) -> str:
 
 
 def run(profile: Profile, results_dir: str | Path, data_dir: str | None = None, backend: str = "fast",
-        echo: Echo = print) -> RunSummary:
+        echo: Echo = print, models_only: bool = False) -> RunSummary:
+    """models_only: prepare each benchmark's models (train them or find them cached) and stop."""
     check_plan(profile)
     template = PromptTemplate.from_options(profile.template)
     summary = RunSummary()
@@ -114,7 +115,10 @@ def run(profile: Profile, results_dir: str | Path, data_dir: str | None = None, 
         for plan in get_benchmark(benchmark).plans_to_run(profile.plan(benchmark), data_dir):
             runner = BenchmarkRun(profile, benchmark, template, Path(results_dir), data_dir, backend, echo, summary,
                                   plan=plan)
-            runner.run_all()
+            if models_only:
+                runner.train_models()
+            else:
+                runner.run_all()
     echo(f"\nrun finished in {time.time() - started:.0f} s\n{summary.format()}")
     return summary
 
@@ -169,14 +173,21 @@ class BenchmarkRun:
 
     def prepare(self) -> Preparation:
         """The benchmark's preparation (cached models, reference rows, gate), timed."""
+        return self._timed_preparation("prepared", self.bench.prepare)
+
+    def train_models(self) -> None:
+        """Only the models the preparation starts from, timed (what `run --jobs` does first)."""
+        self._timed_preparation("models prepared", self.bench.train_models)
+
+    def _timed_preparation(self, done: str, step: Callable[[BenchmarkRun], Any]) -> Any:
         start, rows = time.time(), len(self.summary.rows)
-        preparation = self.bench.prepare(self)
+        outcome = step(self)
         seconds = time.time() - start
-        self.say(f"prepared in {seconds:.0f} s")
+        self.say(f"{done} in {seconds:.0f} s")
         # the preparation's own work: its time less the reference rows evaluated within it
         within = sum(r["seconds"] for r in self.summary.rows[rows:])
         self.summary.preparation_seconds += seconds - within
-        return preparation
+        return outcome
 
     def reference_row(self, role: str, model_path: str, preparation: dict[str, Any],
                       tasks: list[str] | None = None) -> dict[str, Any]:

@@ -217,6 +217,13 @@ class Benchmark(abc.ABC):
 
     # ---- preparation -----------------------------------------------------------------------
 
+    def train_models(self, run: RunContext) -> Any:
+        """The models `prepare` starts from, fine-tuned or found cached, with nothing evaluated that
+        their training does not depend on; `prepare` calls it first. `run --jobs` calls it alone
+        beforehand, with every core, so that training never runs on a process's share of them.
+        Default: nothing to train."""
+        return None
+
     def prepare(self, run: RunContext) -> Preparation:
         """The model unlearning starts from, its reference rows and gate. Default: the base model."""
         from ulmr.models import resolve_model

@@ -316,7 +316,9 @@ class Rwku(Benchmark):
 
     # ---- preparation -----------------------------------------------------------------------
 
-    def prepare(self, run: RunContext) -> Preparation:
+    def train_models(self, run: RunContext) -> tuple[PreparedModel, str | None]:
+        """(the model unlearning starts from, the model it was injected from: None without an
+        injection); deciding whether to inject evaluates the base model's forget probes."""
         from ulmr.models import resolve_model
         from ulmr.prepare import fine_tuned
 
@@ -332,6 +334,10 @@ class Rwku(Benchmark):
             reference = base
         else:
             prepared, reference = PreparedModel(base, {"injected": False}), None
+        return prepared, reference
+
+    def prepare(self, run: RunContext) -> Preparation:
+        prepared, reference = self.train_models(run)
         before = run.reference_row("before", prepared.path, prepared.record)
         self._gate(run, before)
         return Preparation(prepared, reference)

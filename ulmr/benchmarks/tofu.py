@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ulmr.benchmarks.registry import (CLOSEST_TO_REFERENCE, HIGHER, LOWER, Axis, Benchmark, BenchmarkPlan,
-                                      DocStatistic, Preparation, RunContext, register_benchmark)
+                                      DocStatistic, Preparation, PreparedModel, RunContext,
+                                      register_benchmark)
 from ulmr.errors import UlmrError
 from ulmr.prompts import PromptTemplate
 from ulmr.unlearning.interface import AVOID_RESPONSES, Example, UnlearningData, ValidationData
@@ -272,7 +273,8 @@ class Tofu(Benchmark):
 
     # ---- preparation -----------------------------------------------------------------------
 
-    def prepare(self, run: RunContext) -> Preparation:
+    def train_models(self, run: RunContext) -> tuple[PreparedModel, PreparedModel]:
+        """The target and the retain model."""
         from ulmr.prepare import fine_tuned
 
         plan: TofuPlan = run.plan
@@ -284,6 +286,10 @@ class Tofu(Benchmark):
                             "tofu-target")
         retain_model = fine_tuned(run.model, run.template, _examples(retain), plan.prepare, run.prep_seed,
                                   "tofu-retain")
+        return target, retain_model
+
+    def prepare(self, run: RunContext) -> Preparation:
+        target, retain_model = self.train_models(run)
         before = run.reference_row("before", target.path, target.record)
         run.reference_row("retain", retain_model.path, retain_model.record)
         self._gate(run, before)

@@ -29,12 +29,15 @@ from ulmr.cli.options import data_dir_option, profile_overrides, profile_selecti
               help="Evaluation backend; vllm saves each unlearned model and scores it with lm-eval's vLLM model.")
 @click.option("--jobs", default="auto", show_default=True,
               help="Processes that share the rows, the CPU cores split among them (each starts on another "
-                   "benchmark and takes the rows no other is producing). auto: one per benchmark, at most one "
-                   "per core; 1 on a GPU or under a data-parallel launcher.")
+                   "benchmark and takes the rows no other is producing), after one process with every core has "
+                   "prepared the models. auto: one per benchmark, at most one per core; 1 on a GPU or under a "
+                   "data-parallel launcher.")
 @click.option("--worker-summary", hidden=True, type=click.Path(dir_okay=False),
               help="Set by --jobs for the processes it starts: write the run's summary here, no leaderboard.")
+@click.option("--models-only", hidden=True, is_flag=True,
+              help="Set by --jobs for its first process: prepare the benchmarks' models only.")
 def run_command(profile, methods, benchmarks, seeds, model, set_options, data_dir, results_dir, leaderboard_dir,
-                backend, jobs, worker_summary):
+                backend, jobs, worker_summary, models_only):
     """Prepare models, unlearn with each method and seed, evaluate, store, regenerate the leaderboard."""
     from ulmr.profiles import load_profile
     from ulmr.run import check_plan, run
@@ -48,7 +51,8 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
     if not worker_summary:  # the process that started it said so
         click.echo(f"profile {chosen.name}: {chosen.model}, benchmarks {','.join(chosen.benchmarks)}, "
                    f"methods {','.join(chosen.methods)}, seeds {','.join(map(str, chosen.seeds))}"
-                   + (f"; {processes} processes of {threads_each(processes)} threads" if processes > 1 else ""))
+                   + (f"; models prepared first, then {processes} processes of {threads_each(processes)} "
+                      "threads" if processes > 1 else ""))
     if processes > 1:
         worker_args = ["--profile", profile, "--results-dir", str(results_dir), "--backend", backend,
                        *(["--methods", methods] if methods else []), *(["--seeds", seeds] if seeds else []),
@@ -56,9 +60,11 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
                        *[arg for pair in set_options for arg in ("--set", pair)]]
         started = time.time()
         summary = run_in_processes(chosen.benchmarks, worker_args, processes)
-        click.echo(f"\nall {processes} processes finished in {time.time() - started:.0f} s\n{summary.format()}")
+        click.echo(f"\nthe models and {processes} processes finished in {time.time() - started:.0f} s\n"
+                   f"{summary.format()}")
     else:
-        summary = run(chosen, results_dir, data_dir=data_dir, backend=backend, echo=click.echo)
+        summary = run(chosen, results_dir, data_dir=data_dir, backend=backend, echo=click.echo,
+                      models_only=models_only)
     if worker_summary:  # the starting process merges the summaries and builds the leaderboard
         Path(worker_summary).write_text(json.dumps(dataclasses.asdict(summary)))
         return
@@ -89,33 +95,46 @@ def job_count(jobs: str, benchmarks: int) -> int:
 
 
 def run_in_processes(benchmarks: list[str], worker_args: list[str], processes: int):
-    """Run the same job in `processes` processes on one results directory, each with an equal share of
-    the cores and the benchmarks in another order (process k starts on benchmark k): the results
-    directory's claims give each row to one of them (ulmr.storage). Their output goes to this
-    console, each line naming its benchmark; returns their merged summary."""
+    """Run the same job in `processes` processes on one results directory. First one process with
+    the cores a single run would have trains (or finds cached) every benchmark's prepared models:
+    training on a share of the cores gains nothing over training one model after the other on all
+    of them. Then `processes` processes, each with an equal share of the cores and the benchmarks in
+    another order (process k starts on benchmark k), share the rows: the results directory's claims
+    give each row to one of them (ulmr.storage). Their output goes to this console, each line
+    naming its benchmark; returns their merged summary."""
     from ulmr.results import COMMAND_ENV, portable_command
     from ulmr.run import RunSummary
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads_each(processes)),
-           COMMAND_ENV: portable_command(sys.argv)}
+    env = {**os.environ, COMMAND_ENV: portable_command(sys.argv)}
     with tempfile.TemporaryDirectory(prefix="ulmr-run-") as scratch:
-        summaries = [Path(scratch) / f"worker{k}.json" for k in range(processes)]
-        workers = []
-        try:
-            for k, summary_path in enumerate(summaries):
-                order = benchmarks[k % len(benchmarks):] + benchmarks[:k % len(benchmarks)]
-                workers.append(subprocess.Popen(
-                    [sys.executable, "-m", "ulmr", "run", *worker_args, "--benchmarks", ",".join(order),
-                     "--jobs", "1", "--worker-summary", str(summary_path)], env=env))
-            codes = [worker.wait() for worker in workers]
-        finally:  # stopped here (Ctrl-C): stop the workers too; their finished rows are stored
-            for worker in workers:
-                if worker.poll() is None:
-                    worker.terminate()
-                    worker.wait()
-        stopped = [k for k, code in enumerate(codes) if code != 0 or not summaries[k].is_file()]
-        if stopped:
-            raise UlmrError(f"{len(stopped)} of {processes} run processes stopped early (exit code "
-                            f"{codes[stopped[0]]}; its error is above): fix the cause and rerun, stored rows are "
-                            "skipped")
-        return RunSummary.merged([json.loads(path.read_text()) for path in summaries])
+        def started(name: str, args: list[str], threads: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+            summary_path = Path(scratch) / f"{name}.json"
+            return subprocess.Popen([sys.executable, "-m", "ulmr", "run", *worker_args, *args, "--jobs", "1",
+                                     "--worker-summary", str(summary_path)], env={**env, **threads}), summary_path
+
+        models = [started("models", ["--benchmarks", ",".join(benchmarks), "--models-only"], {})]
+        parts = _finished(models, "process preparing the models")
+        shares = {"OMP_NUM_THREADS": str(threads_each(processes))}
+        workers = [started(f"worker{k}", ["--benchmarks", ",".join(benchmarks[k % len(benchmarks):]
+                                                                   + benchmarks[:k % len(benchmarks)])], shares)
+                   for k in range(processes)]
+        parts += _finished(workers, "run processes")
+        return RunSummary.merged(parts)
+
+
+def _finished(started: list[tuple[subprocess.Popen, Path]], what: str) -> list[dict]:
+    """The summaries of processes started together, once all have exited; stopped here (Ctrl-C), they
+    stop too (their finished rows are stored)."""
+    try:
+        codes = [process.wait() for process, _ in started]
+    finally:
+        for process, _ in started:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+    stopped = [k for k, code in enumerate(codes) if code != 0 or not started[k][1].is_file()]
+    if stopped:
+        which = "the" if len(started) == 1 else f"{len(stopped)} of {len(started)}"
+        raise UlmrError(f"{which} {what} stopped early (exit code {codes[stopped[0]]}; its error is above): fix "
+                        "the cause and rerun, stored rows and prepared models are skipped")
+    return [json.loads(path.read_text()) for _, path in started]
