@@ -52,7 +52,7 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
         click.echo(f"profile {chosen.name}: {chosen.model}, benchmarks {','.join(chosen.benchmarks)}, "
                    f"methods {','.join(chosen.methods)}, seeds {','.join(map(str, chosen.seeds))}"
                    + (f"; models prepared first, then {processes} processes of {threads_each(processes)} "
-                      "threads" if processes > 1 else ""))
+                      f"thread{'s' if threads_each(processes) > 1 else ''}" if processes > 1 else ""))
     if processes > 1:
         worker_args = ["--profile", profile, "--results-dir", str(results_dir), "--backend", backend,
                        *(["--methods", methods] if methods else []), *(["--seeds", seeds] if seeds else []),
