@@ -357,6 +357,24 @@ def test_run_summaries_merge_each_row_as_the_process_that_computed_it_saw_it():
     assert merged.preparation_seconds == 3.5
 
 
+def test_a_run_process_that_stops_early_stops_the_run_with_one_line(tmp_path):
+    """The models process or a row process exiting non-zero (or without its summary) is one error
+    naming it; the processes started with it are waited for, and their summaries read otherwise."""
+    from ulmr.cli.run import _finished
+    from ulmr.errors import UlmrError
+
+    def process(code: int, summary, writes: bool):
+        text = f"open({str(summary)!r}, 'w').write('{{}}')" if writes else "pass"
+        return subprocess.Popen([sys.executable, "-c", f"{text}; raise SystemExit({code})"]), summary
+
+    ok, failed = tmp_path / "ok.json", tmp_path / "failed.json"
+    with pytest.raises(UlmrError, match=r"^the process preparing the models stopped early \(exit code 3"):
+        _finished([process(3, failed, writes=False)], "process preparing the models")
+    with pytest.raises(UlmrError, match=r"^1 of 2 run processes stopped early \(exit code 0"):
+        _finished([process(0, ok, writes=True), process(0, failed, writes=False)], "run processes")
+    assert _finished([process(0, ok, writes=True)], "run processes") == [{}]
+
+
 def test_auto_jobs_give_each_benchmark_a_core_on_a_cpu(monkeypatch):
     from ulmr.cli import run as run_cli
 
