@@ -123,6 +123,17 @@ def run(profile: Profile, results_dir: str | Path, data_dir: str | None = None, 
     return summary
 
 
+def planned_rows(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """The (method, seed) rows of a benchmark in the order they run: seed by seed, so that a run
+    stopped part-way leaves whole rounds (every method on the same seeds), and within a seed the
+    methods with the longest rows first (`Unlearner.relative_cost`; ties in the profile's order), so
+    that processes sharing the rows do not end with one waiting for the other's long last row."""
+    from ulmr.unlearning.registry import get_method
+
+    longest_first = sorted(methods, key=lambda method: -get_method(method).relative_cost)
+    return [(method, seed) for seed in seeds for method in longest_first]
+
+
 def check_plan(profile: Profile) -> None:
     """Everything a run or tuning will use, validated before any model loads: each benchmark's
     evaluation settings and every method's config on every benchmark and seed."""
@@ -157,9 +168,8 @@ class BenchmarkRun:
 
     def run_all(self) -> None:
         before = self.prepare().before
-        # seed by seed: a run stopped part-way leaves whole rounds, every method on the same seeds;
         # items another run on the same results directory is working on wait until the rest is done
-        planned = [(method, seed) for seed in self.profile.seeds for method in self.profile.methods]
+        planned = planned_rows(self.profile.methods, self.profile.seeds)
         first, busy = len(self.summary.rows), []
         for done, (method, seed) in enumerate(planned, start=1):
             if not self.run_method(method, seed, before, wait=False):
