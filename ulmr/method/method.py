@@ -134,7 +134,7 @@ class UlmrUnlearner(Unlearner):
 
     name = "ulmr"
     config_class = UlmrConfig
-    # the quick profile on the AVX2 proxy: 1.6-1.8x ga's row, two thirds of it alpha=auto's validation passes
+    # the quick profile on the AVX2 proxy: 1.6-1.8x ga's row; alpha=auto's validation passes are 2/3 of its unlearning
     relative_cost = 1.7
 
     def unlearn(self, model, tokenizer, data: UnlearningData) -> UnlearningResult:
