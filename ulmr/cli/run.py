@@ -49,10 +49,11 @@ def run_command(profile, methods, benchmarks, seeds, model, set_options, data_di
     check_writable(results_dir, what="--results-dir")
     leaderboard_dir = check_writable(leaderboard_dir or Path(results_dir) / "leaderboard", what="--leaderboard-dir")
     if not worker_summary:  # the process that started it said so
+        threads = threads_each(processes)
         click.echo(f"profile {chosen.name}: {chosen.model}, benchmarks {','.join(chosen.benchmarks)}, "
                    f"methods {','.join(chosen.methods)}, seeds {','.join(map(str, chosen.seeds))}"
-                   + (f"; models prepared first, then {processes} processes of {threads_each(processes)} "
-                      f"thread{'s' if threads_each(processes) > 1 else ''}" if processes > 1 else ""))
+                   + (f"; models prepared first, then {processes} processes of {threads} "
+                      f"thread{'s' if threads > 1 else ''}" if processes > 1 else ""))
     if processes > 1:
         worker_args = ["--profile", profile, "--results-dir", str(results_dir), "--backend", backend,
                        *(["--methods", methods] if methods else []), *(["--seeds", seeds] if seeds else []),
