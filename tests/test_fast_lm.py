@@ -191,6 +191,49 @@ def test_length_groups_bound_the_padding_of_each_forward():
     assert _length_groups([5, 5, 5]) == [[0, 1, 2]] and _length_groups([]) == []
 
 
+def test_decode_bands_are_runs_of_similar_lengths():
+    from ulmr.fast_lm import _decode_bands
+
+    # (first slot, end slot, columns): each run's lengths within a quarter of its longest
+    assert _decode_bands([100, 95, 80, 20, 18, 19, 90]) == [(0, 3, 101), (3, 6, 21), (6, 7, 91)]
+    assert _decode_bands([7, 9, 8]) == [(0, 3, 10)]  # not sorted: a run's columns are its longest's
+    assert _decode_bands([]) == []
+
+
+def test_decoding_attends_in_bands_with_hf_text_and_restores_the_attention(lively, hf, monkeypatch):
+    """Few-shot prompts beside short ones: a decoding step's short rows attend to their own columns,
+    not to the long rows' (masked) ones, and the text is hf's."""
+    import ulmr.fast_lm as fast_lm
+
+    calls = []  # (rows, columns) of each attention call of a decoding step
+    original = fast_lm.sdpa_attention_forward
+
+    def spy(module, query, key, *args, **kwargs):
+        if query.shape[2] == 1:
+            calls.append((query.shape[0], key.shape[2]))
+        return original(module, query, key, *args, **kwargs)
+
+    monkeypatch.setattr(fast_lm, "sdpa_attention_forward", spy)
+    long = SYSTEM + SHOTS * 6
+    prompts = [long + "Q: the colour of the sky? A:", long + "Q: grass? A:", "a", "Why?", "Name one."]
+    requests = [Instance("generate_until", {}, (p, {"until": ["Y"], "max_gen_toks": 16}), i)
+                for i, p in enumerate(prompts)]
+    lm = _fast(lively, prefix_min_saving=10**9)
+    assert lm.generate_until(requests, disable_tqdm=True) == hf.generate_until(requests, disable_tqdm=True)
+    widest = max(columns for _, columns in calls)
+    assert any(columns < widest / 2 for _, columns in calls)  # the short rows' band
+    assert lm.model.config._attn_implementation == "sdpa"
+
+
+def test_a_model_without_sdpa_decodes_unbanded(tiny):
+    model, _ = tiny
+    model.set_attn_implementation("eager")
+    requests = [Instance("generate_until", {}, (p, {"until": [], "max_gen_toks": 4}), i)
+                for i, p in enumerate([SYSTEM + SHOTS * 4 + "Q: why? A:", "a"])]
+    texts = _fast(tiny).generate_until(requests, disable_tqdm=True)
+    assert len(texts) == 2 and model.config._attn_implementation == "eager"
+
+
 def test_plan_prefixes_cuts_prefixes_to_the_alignment():
     from ulmr.fast_lm import _plan_prefixes
 

@@ -12,8 +12,11 @@ work saved is pure recomputation:
   scored.
 - generation: greedy decoding into preallocated key/value slots (`_Slots`: written in place, no
   per-step concatenation of the whole cache), prompts sorted by length into batches sized by a
-  token budget rather than a row count, and rows that have stopped swapped out of the batch (the
-  last live row moves into the freed slot) instead of decoding padding until the longest row ends.
+  token budget rather than a row count, and rows that have stopped taken out of the batch (the
+  live rows close up, longest first) instead of decoding padding until the longest row ends. A
+  decoding step's attention reads, for each band of rows of similar lengths, only that band's
+  columns (`_banded_sdpa`): short answers beside few-shot prompts do not attend over the long
+  rows' masked columns.
 
 Every row lies in its slots as in lm-eval's own forward: its prefix, then its tokens, from column
 0, no gap between (a masked gap would shift fp32 sums across SIMD lanes), and every matmul sees at
@@ -23,6 +26,7 @@ bit-identical in most requests), and greedy generation gives the same text.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -36,13 +40,16 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ulmr.prompts import encode
 
 # CPU BLAS (oneDNN/MKL) multiplies fewer than ~16 rows with another kernel that rounds differently;
 # forwards and projections are padded to at least this many rows to round as the hf model's batches
 MIN_ROWS = 16
+# the attention implementation a decoding step runs under (registered at the end of this module)
+BANDED_SDPA = "ulmr_banded_sdpa"
 
 
 @register_model("ulmr-fast")
@@ -338,32 +345,34 @@ class FastLM(TemplateLM):
             by_settings[json.dumps(req.args[1], sort_keys=True, default=str)].append(i)
         results: list = [None] * len(requests)
         bar = tqdm(total=len(requests), desc="Generating (greedy)", disable=disable_tqdm)
-        for settings_key, indices in by_settings.items():
-            settings = json.loads(settings_key)
-            until = handle_stop_sequences(settings.get("until"), eos=self.eos_text)
-            max_new = int(settings.get("max_gen_toks", self.max_gen_toks))
-            if settings.get("do_sample") or (settings.get("temperature") or 0) > 0:
-                raise ValueError("the fast backend decodes greedily only; use --backend hf for sampling")
-            encoded = [self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):] for i in indices]
-            for chunk in self._chunks(encoded):
-                prefixes = self._prefixes([encoded[k][:-1] for k in chunk])
-                prompts = sorted(zip(chunk, prefixes), key=lambda item: -len(encoded[item[0]]))
-                texts = self._greedy([(encoded[k], prefix) for k, prefix in prompts], max_new, until, bar)
-                for (k, _), text in zip(prompts, texts):
-                    results[indices[k]] = text
+        with _banded_attention(self.model) as banded:
+            for settings_key, indices in by_settings.items():
+                settings = json.loads(settings_key)
+                until = handle_stop_sequences(settings.get("until"), eos=self.eos_text)
+                max_new = int(settings.get("max_gen_toks", self.max_gen_toks))
+                if settings.get("do_sample") or (settings.get("temperature") or 0) > 0:
+                    raise ValueError("the fast backend decodes greedily only; use --backend hf for sampling")
+                encoded = [self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):] for i in indices]
+                for chunk in self._chunks(encoded):
+                    prefixes = self._prefixes([encoded[k][:-1] for k in chunk])
+                    prompts = sorted(zip(chunk, prefixes), key=lambda item: -len(encoded[item[0]]))
+                    texts = self._greedy([(encoded[k], prefix) for k, prefix in prompts], max_new, until, bar, banded)
+                    for (k, _), text in zip(prompts, texts):
+                        results[indices[k]] = text
         bar.close()
         return results
 
     @torch.no_grad()
     def _greedy(self, prompts: list[tuple[list[int], _Prefix | None]], max_new: int, until: list[str],
-                bar=None) -> list[str]:
+                bar=None, banded: bool = False) -> list[str]:
         """Greedy generations of the longest-first prompts, decoded together in slots.
 
         The slots hold as many rows as the generation token budget allows at (longest prompt +
         max_new) tokens each. Rows decode one token a step, all at once; a row that stops leaves
-        its slot to the last live row (no padding is decoded), and waiting prompts take the freed
-        slots, a group at a time (one forward computes their prompts), so the batch stays full
-        until the prompts run out.
+        its slot (the rows after it close up: no padding is decoded), and waiting prompts take the
+        freed slots, a group at a time (one forward computes their prompts), so the batch stays
+        full until the prompts run out. banded (the model runs under `_banded_attention`): each
+        step's rows attend in bands of similar lengths, each to its own columns.
         """
         device = self.model.device
         columns = len(prompts[0][0]) + max_new + 1  # the longest prompt and its new tokens; scratch
@@ -402,20 +411,21 @@ class FastLM(TemplateLM):
                 if (token in self.stop_ids or len(generated[row]) >= max_new
                         or (stop_texts and any(t in self.tok_decode(generated[row]) for t in stop_texts))):
                     finished.append(slot)
-            if finished:  # the last live rows move into the freed slots: no padding is decoded
+            if finished:  # the live rows close up, in order: no padding is decoded
                 if bar is not None:
                     bar.update(len(finished))
-                live = len(alive) - len(finished)
                 done = set(finished)
-                holes = [s for s in finished if s < live]
-                movers = [s for s in range(live, len(alive)) if s not in done]
-                if holes:
-                    src, dst = torch.tensor(movers, device=device), torch.tensor(holes, device=device)
-                    slots.move(src, dst, max(host_lengths[s] for s in movers))
+                kept = [s for s in range(len(alive)) if s not in done]
+                # in order, the slots stay about longest first (prompts are admitted longest first),
+                # so rows of similar lengths stay neighbours: the bands of a decoding step below
+                moved = [(s, t) for t, s in enumerate(kept) if s != t]
+                if moved:
+                    src = torch.tensor([s for s, _ in moved], device=device)
+                    dst = torch.tensor([t for _, t in moved], device=device)
+                    slots.move(src, dst, max(host_lengths[s] for s, _ in moved))
                     next_ids[dst], lengths[dst] = next_ids[src], lengths[src]
-                    for s, h in zip(movers, holes):
-                        alive[h], host_lengths[h] = alive[s], host_lengths[s]
-                alive = alive[:live]
+                alive = [alive[s] for s in kept]
+                host_lengths[:len(kept)] = [host_lengths[s] for s in kept]
             if not alive:
                 continue
             # only the live rows decode (the hf model decodes its whole batch until its longest
@@ -423,12 +433,14 @@ class FastLM(TemplateLM):
             # an ulp, which a greedy argmax does not see (tests: the same text), and padding them
             # to MIN_ROWS cost a third of the decoding time on a busy 2-core CPU
             live = len(alive)
+            bands = _decode_bands(host_lengths[:live]) if banded else []
             used = max(host_lengths[:live]) + 1
             step = lengths[:live, None]
             slots.begin(step, used)
             out = self.model(input_ids=next_ids[:live, None], position_ids=step,
                              attention_mask=(torch.arange(used, device=device) <= step)[:, None, None],
-                             use_cache=True, logits_to_keep=1, **{self.cache_arg: slots})
+                             use_cache=True, logits_to_keep=1, **{self.cache_arg: slots},
+                             **({"decode_bands": bands} if len(bands) > 1 else {}))
             next_ids[:live] = out.logits[:, -1].argmax(-1)
             lengths[:live] += 1
             host_lengths[:live] = [n + 1 for n in host_lengths[:live]]
@@ -579,6 +591,53 @@ def _plan_prefixes(sequences: list[list[int]], min_saving: int,
         for branch in branches.values():
             stack.append((branch, parent, parent_length))
     return nodes, owners
+
+
+def _decode_bands(lengths: list[int], padding: float = 0.25) -> list[tuple[int, int, int]]:
+    """A decoding step's bands: runs of neighbouring slots whose lengths are each at least
+    (1 - padding) of their run's longest, each (first slot, end slot, columns its rows attend to).
+    The slots lie about longest first, so the runs are few."""
+    runs: list[list[int]] = []  # [first, end, shortest, longest]
+    for slot, n in enumerate(lengths):
+        run = runs[-1] if runs else None
+        if run and min(run[2], n) >= (1 - padding) * max(run[3], n):
+            run[1], run[2], run[3] = slot + 1, min(run[2], n), max(run[3], n)
+        else:
+            runs.append([slot, slot + 1, n, n])
+    return [(first, end, longest + 1) for first, end, _, longest in runs]
+
+
+@contextlib.contextmanager
+def _banded_attention(model):
+    """The model attends with `_banded_sdpa` inside (yields True), where it attends with sdpa;
+    other implementations (eager, flash) are left as they are (yields False)."""
+    config = model.config
+    if config._attn_implementation != "sdpa" or getattr(config, "sub_configs", None):
+        yield False
+        return
+    config._attn_implementation = BANDED_SDPA
+    try:
+        yield True
+    finally:
+        config._attn_implementation = "sdpa"
+
+
+def _banded_sdpa(module, query, key, value, attention_mask, decode_bands=None, **kwargs):
+    """transformers' sdpa attention; given a decoding step's `decode_bands` (`_decode_bands`), each
+    band's rows attend to that band's columns only. The columns cut off are masked for those rows,
+    so their share of a softmax is exactly zero: a row's attention is its band's, without the
+    reads and products of the longer rows' columns (at RWKU's few-shot prompts beside short
+    answers, half of a step's attention)."""
+    if not decode_bands:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    outputs = [sdpa_attention_forward(module, query[first:end], key[first:end, :, :columns],
+                                      value[first:end, :, :columns], attention_mask[first:end, ..., :columns],
+                                      **kwargs)[0]
+               for first, end, columns in decode_bands]
+    return torch.cat(outputs), None
+
+
+AttentionInterface.register(BANDED_SDPA, _banded_sdpa)
 
 
 def _length_groups(lengths: list[int], padding: float = 0.25) -> list[list[int]]:
