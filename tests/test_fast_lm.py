@@ -200,6 +200,16 @@ def test_decode_bands_are_runs_of_similar_lengths():
     assert _decode_bands([]) == []
 
 
+def test_finished_rows_leave_holes_that_their_bands_last_rows_fill():
+    from ulmr.fast_lm import _close_up
+
+    # bands (100, 98, 97) and (20, 19, 18): slots 1 and 3 finish
+    assert _close_up([100, 98, 97, 20, 19, 18], {1, 3}) == [0, 2, 4, 5]
+    # one band: one move a hole (the old last row), not a shift of every later row
+    assert _close_up([10] * 6, {1}) == [0, 5, 2, 3, 4]
+    assert _close_up([10, 10, 3, 3], {0, 1}) == [2, 3] and _close_up([5], {0}) == []
+
+
 def test_decoding_attends_in_bands_with_hf_text_and_restores_the_attention(lively, hf, monkeypatch):
     """Few-shot prompts beside short ones: a decoding step's short rows attend to their own columns,
     not to the long rows' (masked) ones, and the text is hf's."""

@@ -13,7 +13,8 @@ work saved is pure recomputation:
 - generation: greedy decoding into preallocated key/value slots (`_Slots`: written in place, no
   per-step concatenation of the whole cache), prompts sorted by length into batches sized by a
   token budget rather than a row count, and rows that have stopped taken out of the batch (the
-  live rows close up, longest first) instead of decoding padding until the longest row ends. A
+  last live row of similar length moves into the freed slot) instead of decoding padding until
+  the longest row ends. A
   decoding step's attention reads, for each band of rows of similar lengths, only that band's
   columns (`_banded_sdpa`): short answers beside few-shot prompts do not attend over the long
   rows' masked columns.
@@ -369,7 +370,7 @@ class FastLM(TemplateLM):
 
         The slots hold as many rows as the generation token budget allows at (longest prompt +
         max_new) tokens each. Rows decode one token a step, all at once; a row that stops leaves
-        its slot (the rows after it close up: no padding is decoded), and waiting prompts take the
+        its slot (its band's last row moves in: no padding is decoded), and waiting prompts take the
         freed slots, a group at a time (one forward computes their prompts), so the batch stays
         full until the prompts run out. banded (the model runs under `_banded_attention`): each
         step's rows attend in bands of similar lengths, each to its own columns.
@@ -411,21 +412,18 @@ class FastLM(TemplateLM):
                 if (token in self.stop_ids or len(generated[row]) >= max_new
                         or (stop_texts and any(t in self.tok_decode(generated[row]) for t in stop_texts))):
                     finished.append(slot)
-            if finished:  # the live rows close up, in order: no padding is decoded
+            if finished:  # the live rows close up: no padding is decoded
                 if bar is not None:
                     bar.update(len(finished))
-                done = set(finished)
-                kept = [s for s in range(len(alive)) if s not in done]
-                # in order, the slots stay about longest first (prompts are admitted longest first),
-                # so rows of similar lengths stay neighbours: the bands of a decoding step below
-                moved = [(s, t) for t, s in enumerate(kept) if s != t]
+                order = _close_up(host_lengths[:len(alive)], set(finished))
+                moved = [(s, t) for t, s in enumerate(order) if s != t]
                 if moved:
                     src = torch.tensor([s for s, _ in moved], device=device)
                     dst = torch.tensor([t for _, t in moved], device=device)
                     slots.move(src, dst, max(host_lengths[s] for s, _ in moved))
                     next_ids[dst], lengths[dst] = next_ids[src], lengths[src]
-                alive = [alive[s] for s in kept]
-                host_lengths[:len(kept)] = [host_lengths[s] for s in kept]
+                alive = [alive[s] for s in order]
+                host_lengths[:len(order)] = [host_lengths[s] for s in order]
             if not alive:
                 continue
             # only the live rows decode (the hf model decodes its whole batch until its longest
@@ -605,6 +603,20 @@ def _decode_bands(lengths: list[int], padding: float = 0.25) -> list[tuple[int, 
         else:
             runs.append([slot, slot + 1, n, n])
     return [(first, end, longest + 1) for first, end, _, longest in runs]
+
+
+def _close_up(lengths: list[int], done: set[int]) -> list[int]:
+    """The live slots, position by position, after the slots `done` leave: within each band of
+    `_decode_bands`, the band's last rows fill its holes, the bands in order. Rows of similar
+    lengths stay neighbours (slots are admitted longest first), at one move a hole and band."""
+    order: list[int] = []
+    for first, end, _ in _decode_bands(lengths):
+        kept = [s for s in range(first, end) if s not in done]
+        span = range(len(order), len(order) + len(kept))
+        staying = {s for s in kept if s in span}
+        movers = iter(s for s in kept if s not in staying)
+        order += [p if p in staying else next(movers) for p in span]
+    return order
 
 
 @contextlib.contextmanager
