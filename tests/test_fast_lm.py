@@ -120,7 +120,7 @@ def test_loglikelihoods_equal_hf(lively, hf, batch_size, min_saving):
     expected = hf.loglikelihood(requests, disable_tqdm=True)
     lm = _fast(lively, batch_size=batch_size, prefix_min_saving=min_saving)
     sizes = []
-    _spy(lm, "_score_rows", lambda batch, _: sizes.append(len(batch)))
+    _spy(lm, "_score_rows", lambda batch, *_: sizes.append(len(batch)))
     scored = lm.loglikelihood(requests, disable_tqdm=True)
     for (logprob, greedy), (hf_logprob, hf_greedy) in zip(scored, expected):
         assert logprob == pytest.approx(hf_logprob, rel=1e-6, abs=1e-6)
@@ -143,7 +143,7 @@ def test_choices_differing_in_their_last_token_share_a_row(lively, hf):
                 for i, c in enumerate("ABCD")]
     lm = _fast(lively)
     rows = []
-    _spy(lm, "_score_rows", lambda batch, _: rows.extend(batch))
+    _spy(lm, "_score_rows", lambda batch, *_: rows.extend(batch))
     scored = lm.loglikelihood(requests, disable_tqdm=True)
     assert len(rows) == 1 and len(rows[0][2]) == 4
     for (logprob, _), (hf_logprob, _) in zip(scored, hf.loglikelihood(requests, disable_tqdm=True)):

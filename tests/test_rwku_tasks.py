@@ -190,6 +190,23 @@ def test_mia_losses_equal_independent_computation(tiny, mia_runs, backend):
                                                                [min_k_loss(lp) for lp in retain]))
 
 
+def test_fast_backend_min_k_reads_its_rolling_logprobs_without_a_forward(mia_runs):
+    lm, out = mia_runs["fast"]
+    forwards = []
+    hook = lm.model.register_forward_pre_hook(lambda *args: forwards.append(1))
+    try:
+        kept = min_k_metrics(lm, out["samples"])
+        assert forwards == []  # lm-eval's rolling requests already computed every token
+        saved, lm.rolling_logprobs = lm.rolling_logprobs, {}
+        try:
+            recomputed = min_k_metrics(lm, out["samples"])  # a forward per text, as for the hf backend
+        finally:
+            lm.rolling_logprobs = saved
+    finally:
+        hook.remove()
+    assert forwards and kept == pytest.approx(recomputed, rel=1e-6)
+
+
 def test_mia_docs_interleave_forget_and_retain(mia_runs):
     _, out = mia_runs["fast"]
     docs = [s["doc"] for s in sorted(out["samples"]["rwku_mia"], key=lambda s: s["doc_id"])]

@@ -113,6 +113,9 @@ class FastLM(TemplateLM):
         self.prefix_tokens = max(1024, int(prefix_bytes) // bytes_per_token)
         # work done, for benchmark reports: tokens through the model, scored, generated
         self.counters = {"forward_tokens": 0, "scored_tokens": 0, "generated_tokens": 0}
+        # the per-token log-probs of each text loglikelihood_rolling scored, by text: a metric that
+        # needs them (RWKU's Min-K%) reads them here rather than computing the same forwards again
+        self.rolling_logprobs: dict[str, list[float]] = {}
 
     # ---- what TemplateLM needs -------------------------------------------------------------
 
@@ -239,7 +242,10 @@ class FastLM(TemplateLM):
 
     # ---- log-likelihoods -------------------------------------------------------------------
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, token_logprobs: list | None = None,
+                              **kwargs):
+        """lm-eval's (log-likelihood, greedy) of each request; token_logprobs (a list as long as the
+        requests): filled with each request's per-token log-probs too."""
         contexts = []
         for _, context, continuation in requests:
             # as lm-eval's hf model: a request longer than the model's window loses context on the left
@@ -265,7 +271,7 @@ class FastLM(TemplateLM):
             del prefixes
             packed.sort(key=lambda p: -(len(p[0].ids) + (p[0].prefix.length if p[0].prefix else 0)))
             for batch in self._scoring_batches(packed):
-                for index, answer in self._score_rows(batch, requests):
+                for index, answer in self._score_rows(batch, requests, token_logprobs):
                     results[index] = answer
                 bar.update(sum(len(p[2]) for p in batch))
         bar.close()
@@ -282,9 +288,9 @@ class FastLM(TemplateLM):
             start += rows
 
     @torch.no_grad()
-    def _score_rows(self, batch, requests):
+    def _score_rows(self, batch, requests, token_logprobs: list | None = None):
         """One forward over the batch's rows; (request index, (log-likelihood, greedy)) of each
-        request they score."""
+        request they score (and into token_logprobs[index], when given, its per-token log-probs)."""
         for row, _, indices in batch:
             self.counters["forward_tokens"] += len(row.ids)
             self.counters["scored_tokens"] += sum(len(requests[i][2]) for i in indices)
@@ -302,6 +308,8 @@ class FastLM(TemplateLM):
                                                        torch.tensor(columns, device=device)],
                                                 torch.tensor(targets, device=device))
         for i, start, n in spans:
+            if token_logprobs is not None:
+                token_logprobs[i] = token_lp[start:start + n].tolist()
             # summed as lm-eval's hf model sums them: one fp32 tensor, in order
             yield i, (float(token_lp[start:start + n].sum()), bool(greedy[start:start + n].all()))
 
@@ -334,8 +342,13 @@ class FastLM(TemplateLM):
                 windows.append(((None,), list(context), list(continuation)))
                 owners.append(i)
         totals = [0.0] * len(requests)
-        for owner, (logprob, _) in zip(owners, self._loglikelihood_tokens(windows, disable_tqdm)):
+        per_window: list = [None] * len(windows)
+        texts: list[list[float]] = [[] for _ in requests]
+        scored = self._loglikelihood_tokens(windows, disable_tqdm, per_window)
+        for owner, (logprob, _), window in zip(owners, scored, per_window):
             totals[owner] += logprob
+            texts[owner] += window
+        self.rolling_logprobs.update((req.args[0], logprobs) for req, logprobs in zip(requests, texts))
         return totals
 
     # ---- generation ------------------------------------------------------------------------

@@ -389,8 +389,9 @@ def _auroc(forget: list[float], retain: list[float]) -> float:
 
 def min_k_metrics(lm, samples: dict[str, list]) -> dict[str, float | None]:
     """Min-K% (k = 20%) MIA scores of the texts rwku_mia scored. They need per-token log-probs,
-    which lm-eval's requests do not return, so they are computed here with the same model over the
-    same tokens as lm-eval's rolling log-likelihood. Needs a transformers model (fast or hf backend)."""
+    which lm-eval's requests do not return: the fast backend keeps those of its rolling
+    log-likelihoods, for the hf backend they are computed here with the same model over the same
+    tokens. Needs a transformers model (fast or hf backend)."""
     import torch
 
     from lm_eval_tasks.rwku.utils import fm_mean, min_k_loss, rm_mean, set_auroc
@@ -408,6 +409,10 @@ def rolling_token_logprobs(lm, text: str) -> list[float]:
     the model's prefix token, in lm-eval's windows of at most the model's length."""
     import torch
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    kept = getattr(lm, "rolling_logprobs", {}).get(text)  # the fast backend's, from lm-eval's requests
+    if kept is not None:
+        return kept
 
     windows = get_rolling_token_windows(token_list=lm.tok_encode(text), prefix_token=lm.prefix_token_id,
                                         max_seq_len=lm.max_length, context_len=1)
