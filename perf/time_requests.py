@@ -1,12 +1,15 @@
 """Time the fast and hf backends on the raw lm-eval requests of some tasks, interleaved.
 
     python perf/time_requests.py --data-dir ../shared/data --tasks tofu_forget01_forget_rouge --limit 10
-    python perf/time_requests.py --tasks rwku_mia --benchmark-targets 1 --backends fast --repeats 1
+    python perf/time_requests.py --tasks rwku_mia --targets 1 --backends fast --repeats 1
+    python perf/time_requests.py --tasks rwku_utility_rea,rwku_utility_flu --limit 10 --together
 
 Builds each task's requests once (lm-eval's own construction), then calls the backends'
 `loglikelihood` / `loglikelihood_rolling` / `generate_until` directly, alternating backends for
 `--repeats` rounds, so that a shared machine's load falls on both alike. Prints seconds per call and
 whether the outputs agree (generated strings identical; log-likelihoods: max absolute difference).
+`--together` sends the tasks' requests of one kind in one call, as lm-eval's evaluator does (the
+fast backend then decodes them in one batch where their settings agree).
 A tool for iterating on ulmr/fast_lm.py, not the acceptance measurement (perf/compare_backends.py).
 """
 
@@ -71,6 +74,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--fast-args", default="", help="extra FastLM keyword args: key=value,...")
+    parser.add_argument("--together", action="store_true",
+                        help="the tasks' requests of one kind in one call, as lm-eval's evaluator sends them")
     args = parser.parse_args()
 
     import torch
@@ -94,6 +99,12 @@ def main():
             lms[backend] = HFLM(pretrained=path, dtype=str(dtype).removeprefix("torch."), device="cpu",
                                 batch_size=int(backend[2:] or args.batch_size))
     requests = build_requests(args.tasks.split(","), args.limit, args.data_dir, args.targets, path)
+    if args.together:
+        by_kind: dict[str, list] = {}
+        for output_type, instances in requests.values():
+            by_kind.setdefault(output_type, []).extend(instances)
+        requests = {"+".join(t for t, (o, _) in requests.items() if o == output_type): (output_type, instances)
+                    for output_type, instances in by_kind.items()}
     print(f"dtype {dtype}, batch {args.batch_size}, limit {args.limit}, threads {torch.get_num_threads()}, "
           f"fast args {extra or '-'}", flush=True)
     for task, (output_type, instances) in requests.items():

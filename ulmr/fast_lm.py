@@ -14,10 +14,11 @@ work saved is pure recomputation:
   per-step concatenation of the whole cache), prompts sorted by length into batches sized by a
   token budget rather than a row count, and rows that have stopped taken out of the batch (the
   last live row of similar length moves into the freed slot) instead of decoding padding until
-  the longest row ends. A
-  decoding step's attention reads, for each band of rows of similar lengths, only that band's
-  columns (`_banded_sdpa`): short answers beside few-shot prompts do not attend over the long
-  rows' masked columns.
+  the longest row ends. A decoding step's attention reads, for each band of rows of similar
+  lengths, only that band's columns (`_banded_sdpa`): short answers beside few-shot prompts do not
+  attend over the long rows' masked columns.
+- rolling log-likelihoods keep their per-token log-probs (`rolling_logprobs`) for the metrics that
+  need them (RWKU's Min-K%), which would otherwise score the same texts again.
 
 Every row lies in its slots as in lm-eval's own forward: its prefix, then its tokens, from column
 0, no gap between (a masked gap would shift fp32 sums across SIMD lanes), and every matmul sees at
@@ -425,7 +426,7 @@ class FastLM(TemplateLM):
                 if (token in self.stop_ids or len(generated[row]) >= max_new
                         or (stop_texts and any(t in self.tok_decode(generated[row]) for t in stop_texts))):
                     finished.append(slot)
-            if finished:  # the live rows close up: no padding is decoded
+            if finished:  # each band's last rows fill its holes: no padding is decoded
                 if bar is not None:
                     bar.update(len(finished))
                 order = _close_up(host_lengths[:len(alive)], set(finished))
