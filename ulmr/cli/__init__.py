@@ -61,6 +61,9 @@ def cli():
 def main(argv=None):
     for name, entries in PRIMITIVE_CACHE_ENTRIES.items():
         os.environ.setdefault(name, entries)
+    from ulmr.heap import reuse_freed_memory
+
+    reuse_freed_memory()
     try:
         cli.main(args=argv, standalone_mode=False)
     except UlmrError as exc:
