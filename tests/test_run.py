@@ -456,9 +456,9 @@ def test_reused_memory_serves_a_large_block_again_without_faulting_its_pages_in(
 
 
 def test_the_command_line_keeps_freed_memory_for_reuse(monkeypatch, capsys):
-    import ulmr.heap
+    import ulmr.cli
 
     calls = []
-    monkeypatch.setattr(ulmr.heap, "reuse_freed_memory", lambda: calls.append(True))
+    monkeypatch.setattr(ulmr.cli, "reuse_freed_memory", lambda: calls.append(True))
     main(["--help"])
     assert calls == [True]
