@@ -3,6 +3,8 @@ stages. No torch import, so the command line can set it up before anything loads
 
 from __future__ import annotations
 
+import os
+
 
 def _glibc_function(name: str):
     """glibc's `name` (ctypes), or None where the C library is not glibc (macOS, musl)."""
@@ -38,7 +40,12 @@ def reuse_freed_memory() -> None:
     over 32 MB is mapped afresh and unmapped when freed, so the kernel faulted in and zeroed each page
     of a training step's logits and gradients, or an evaluation's logit chunks, every time: the cold
     quick profile spent 362 s of system time on 79 million page faults. The memory a stage freed is
-    still handed back between stages (`release_freed_memory`). Called once, as the command starts."""
+    still handed back between stages (`release_freed_memory`). Called once, as the command starts;
+    a user's own glibc thresholds (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES) win."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(f"MALLOC_{name.upper()}_" in os.environ or f"glibc.malloc.{name}" in tunables
+           for name in ("mmap_threshold", "trim_threshold")):
+        return
     mallopt = _glibc_function("mallopt")
     if mallopt is not None:
         mallopt(-3, HEAP_BLOCKS_UP_TO)  # M_MMAP_THRESHOLD
