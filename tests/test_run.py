@@ -1,7 +1,6 @@
 """`ulmr-bench run` on the smoke profile: stored results, failures recorded, resume, clean errors."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -397,6 +396,8 @@ def test_progress_line_estimates_from_the_rows_computed():
 
 def test_the_command_line_bounds_the_cpu_primitive_caches_unless_the_user_set_them(monkeypatch, capsys):
     """ideep's and oneDNN's per-shape caches (1,024 entries each) grew a run by ~0.2 GiB a row."""
+    import os
+
     environment = {k: v for k, v in os.environ.items() if k != "LRU_CACHE_CAPACITY"}
     environment["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "512"  # the user's own choice
     monkeypatch.setattr(os, "environ", environment)
@@ -411,8 +412,11 @@ def test_released_memory_hands_a_finished_stages_heap_back_to_the_os():
     """A TOFU evaluation left 1.85 GB resident that only trimming gave back; each run stage now starts
     without its predecessor's freed heap."""
     script = textwrap.dedent("""
-        from ulmr.heap import release_freed_memory, reuse_freed_memory
-        reuse_freed_memory()  # as the command line runs: free() alone gives no pages back
+        import ctypes
+        from ulmr.hardware import release_freed_memory
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks from the heap, as once glibc's threshold adapted
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: free() alone never gives pages back
         def anonymous_mb():
             line = next(l for l in open("/proc/self/status") if l.startswith("RssAnon"))
             return int(line.split()[1]) // 1024
@@ -426,44 +430,3 @@ def test_released_memory_hands_a_finished_stages_heap_back_to_the_os():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     freed, released = map(int, out.split())
     assert freed - released > 250, (freed, released)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt; a no-op elsewhere")
-def test_reused_memory_serves_a_large_block_again_without_faulting_its_pages_in():
-    """Blocks over glibc's 32 MB mmap threshold (a step's logits, its gradients) were mapped afresh
-    at every allocation, each page faulted in and zeroed by the kernel: 79 million page faults in the
-    cold quick profile. Under reuse_freed_memory the heap keeps a freed block for the next one, unless
-    the user set glibc's thresholds (theirs win: here the default, by hand)."""
-    script = textwrap.dedent("""
-        import resource, sys
-        from ulmr.heap import reuse_freed_memory
-        if sys.argv[1] == "reuse":
-            reuse_freed_memory()
-        def faults():
-            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        block = b"x" * (64 << 20)  # touched once either way
-        del block
-        before = faults()
-        for _ in range(10):
-            block = b"x" * (64 << 20)
-            del block
-        print(faults() - before)
-    """)
-    users_own = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
-
-    def faults(mode, env=None):
-        return int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
-                                  check=True, env=env).stdout)
-
-    pages = (64 << 20) // 4096
-    assert faults("default") > 5 * pages and faults("reuse") < pages
-    assert faults("reuse", users_own) > 5 * pages
-
-
-def test_the_command_line_keeps_freed_memory_for_reuse(monkeypatch, capsys):
-    import ulmr.cli
-
-    calls = []
-    monkeypatch.setattr(ulmr.cli, "reuse_freed_memory", lambda: calls.append(True))
-    main(["--help"])
-    assert calls == [True]

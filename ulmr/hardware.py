@@ -104,6 +104,25 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and hand the heap's free pages back to the OS (glibc's malloc_trim; nothing
+    elsewhere). glibc keeps freed memory below the heap's top in the process, so an evaluation or a
+    training loop that allocated gigabytes leaves its successor starting from that high-water mark:
+    on the quick profile a TOFU evaluation left 1.85 GB resident that trimming brought to 0.72 GB.
+    Called between stages; the pages come back from the OS when the next stage touches them."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return
+    trim(0)
+
+
 def matmul_flops(dtype: torch.dtype, device: str | None = None, seconds: float = 0.5) -> float:
     """Measured dense matmul rate (FLOP/s) in `dtype` on `device`, for about `seconds`: the
     denominator of a benchmark's FLOP floor. Square products of 4096 on a GPU, 512 on a CPU (where

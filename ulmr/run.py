@@ -25,8 +25,7 @@ from ulmr.benchmarks.registry import Preparation, get_benchmark
 from ulmr.evaluation import SCORING_VERSION, evaluate, settings_from_plan
 from ulmr.profiles import Profile
 from ulmr.prompts import PromptTemplate
-from ulmr.hardware import DTYPE_TAGS, resolve_dtype
-from ulmr.heap import release_freed_memory
+from ulmr.hardware import DTYPE_TAGS, release_freed_memory, resolve_dtype
 from ulmr.results import RESULT_SCHEMA, content_key, provenance, stored_or_compute, write_json_atomic
 from ulmr.selection import SELECTION_VERSION
 from ulmr.storage import model_identity, model_slug, weights_fingerprint

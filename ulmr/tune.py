@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from ulmr import __version__
 from ulmr.errors import UlmrError
-from ulmr.heap import release_freed_memory
+from ulmr.hardware import release_freed_memory
 from ulmr.profiles import Profile
 from ulmr.results import content_key, provenance, read_stored, stored_or_compute, write_json_atomic
 from ulmr.run import check_plan, file_slug, progress_line

@@ -9,7 +9,6 @@ import sys
 import click
 
 from ulmr.errors import UlmrError
-from ulmr.heap import reuse_freed_memory
 
 # bf16 matmuls on a CPU build a primitive per shape and keep it in two caches (ideep's and oneDNN's,
 # 1,024 entries each); a run's rows bring ever new shapes, and the process grew by ~0.2 GiB a row.
@@ -62,7 +61,6 @@ def cli():
 def main(argv=None):
     for name, entries in PRIMITIVE_CACHE_ENTRIES.items():
         os.environ.setdefault(name, entries)
-    reuse_freed_memory()
     try:
         cli.main(args=argv, standalone_mode=False)
     except UlmrError as exc:
